@@ -1,0 +1,43 @@
+# Every target sets up what it needs: a fresh machine with Python 3.11 runs `make demo` / `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test lint bench venv model clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch 2.13.0 first: pip takes the CPU build from local disk (no multi-GB CUDA download)
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lifecycle run --input simulate --sim-users $${DEMO_USERS:-50000} --sim-days $${DEMO_DAYS:-30} \
+		--store $${DEMO_STORE:-chdb://./data/lifecycle.chdb} --progress --summary
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipelines models tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+# Retrain the committed default model from simulated history (deterministic).
+model: $(STAMP)
+	mkdir -p build
+	$(BIN)/lifecycle simulate --users 30000 --days 120 --seed 11 --start 2026-06-01 --out build/train.jsonl.gz
+	$(BIN)/lifecycle train --events build/train.jsonl.gz --as-of 2026-09-28 --horizon-days 30 \
+		--origins 6 --out models/artifacts/default --model-version lsm-default-1
+
+clean:
+	rm -rf $(VENV) build data .pytest_cache .mypy_cache .ruff_cache

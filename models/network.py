@@ -1,0 +1,78 @@
+"""The multi-task churn/propensity network.
+
+Pure PyTorch: it knows feature *columns*, not events. Normalisation (log1p of
+heavy-tailed columns, then standardisation) and post-hoc calibration (Platt
+scaling per head) live inside the module as buffers, so one ``state_dict``
+carries everything needed to score raw feature rows identically everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+HEADS: tuple[str, ...] = ("churn_risk", "purchase_propensity")
+
+
+class LifecycleNet(nn.Module):
+    """MLP trunk shared by two logistic heads (churn risk, purchase propensity)."""
+
+    def __init__(self, n_features: int, hidden: tuple[int, ...] = (128, 64), dropout: float = 0.1) -> None:
+        super().__init__()
+        if n_features <= 0:
+            raise ValueError(f"n_features must be positive, got {n_features}")
+        self.n_features = n_features
+        self.hidden = hidden
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("std", torch.ones(n_features))
+        self.register_buffer("log_mask", torch.zeros(n_features, dtype=torch.bool))
+        self.register_buffer("calib_scale", torch.ones(len(HEADS)))
+        self.register_buffer("calib_bias", torch.zeros(len(HEADS)))
+        layers: list[nn.Module] = []
+        width = n_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        self.trunk = nn.Sequential(*layers)
+        self.head = nn.Linear(width, len(HEADS))
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw feature rows -> the model's input space (log1p where flagged, then z-score)."""
+        x = torch.where(self.log_mask, torch.log1p(torch.clamp(x, min=0.0)), x)
+        return (x - self.mean) / self.std
+
+    def logits_from_z(self, z: torch.Tensor) -> torch.Tensor:
+        """Calibrated logits from normalised inputs (n x len(HEADS))."""
+        return self.head(self.trunk(z)) * self.calib_scale + self.calib_bias
+
+    def raw_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated logits from raw features (used while fitting)."""
+        return self.head(self.trunk(self.transform(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities per head from raw feature rows."""
+        return torch.sigmoid(self.logits_from_z(self.transform(x)))
+
+    @torch.no_grad()
+    def set_normalisation(self, x: torch.Tensor, log_mask: torch.Tensor) -> None:
+        """Fit the normalisation statistics on training rows."""
+        self.log_mask.copy_(log_mask)
+        t = torch.where(log_mask, torch.log1p(torch.clamp(x, min=0.0)), x)
+        self.mean.copy_(t.mean(0))
+        self.std.copy_(t.std(0).clamp_min(1e-3))
+
+
+def input_x_gradient(model: LifecycleNet, x: torch.Tensor, head: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature attribution of one head's logit: z * d(logit)/dz (input x gradient).
+
+    z is the normalised input, so the baseline is the training mean (z = 0): a
+    positive value means "this feature, at this user's value, pushes the logit
+    up compared with an average user". Rows are independent, so one backward
+    pass over the summed logit gives every row's gradient. Returns
+    ``(probabilities, attributions)``.
+    """
+    with torch.enable_grad():
+        z = model.transform(x).detach().requires_grad_(True)
+        logits = model.logits_from_z(z)
+        (grad,) = torch.autograd.grad(logits[:, head].sum(), z)
+    return torch.sigmoid(logits.detach()), (z.detach() * grad)

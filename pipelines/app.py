@@ -1,0 +1,145 @@
+"""Wiring of one pipeline run from :class:`~pipelines.settings.Settings`.
+
+Opens the store and applies the DDL, loads the model, builds the source and the
+flow, and runs it in this process. Everything it creates is passed in
+explicitly (store, registry, clock), so tests can run the real flow against a
+real store with their own registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from bytewax.inputs import Source
+from bytewax.recovery import RecoveryConfig
+from bytewax.run import cli_main
+from prometheus_client import CollectorRegistry
+
+from pipelines.events import DecodeLimits, RawBatch
+from pipelines.flow import FlowConfig, build_flow
+from pipelines.io.sources import FileSource, IteratorSource
+from pipelines.io.store import Store, open_store
+from pipelines.metrics import PipelineMetrics, serve
+from pipelines.scoring import Scorer
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    seconds: float
+    events_in: int
+    events_applied: int
+    rejected: dict[str, int]
+    rows_written: dict[str, int]
+    expected_events: int | None
+
+
+def flow_config(s: Settings) -> FlowConfig:
+    return FlowConfig(
+        shards=s.shards,
+        limits=DecodeLimits(max_event_bytes=s.max_event_bytes, max_future_ms=s.max_future_seconds * 1000),
+        shard=s.shard_config(),
+        idle_advance_seconds=s.idle_advance_seconds,
+    )
+
+
+def make_source(s: Settings, clock: Clock) -> tuple[Source[RawBatch], str, int | None]:
+    """The source for ``s.input``, its kind label, and the number of events if known up front."""
+    if s.input == "simulate":
+        from pipelines.simulate import SimConfig, iter_ndjson_batches, simulate
+
+        sim = simulate(SimConfig(users=s.sim_users, days=s.sim_days, seed=s.sim_seed))
+        events = sim.events
+        return (
+            IteratorSource("simulate", lambda: iter_ndjson_batches(events, s.batch_events), clock=clock),
+            "simulate",
+            events.height,
+        )
+    if s.input.startswith("kafka://"):
+        from pipelines.io.kafka import KafkaBatchSource
+
+        return KafkaBatchSource.from_url(s.input, settings=s, clock=clock), "kafka", None
+    return FileSource([Path(p) for p in s.input.split(",")], batch_events=s.batch_events, clock=clock), "file", None
+
+
+def open_migrated_store(s: Settings) -> Store:
+    store = open_store(s.store, user=s.store_user, password=s.store_password.get_secret_value())
+    store.migrate(s.sql_dir)
+    return store
+
+
+def run_pipeline(
+    s: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    store: Store | None = None,
+    clock: Clock = time.time,
+    on_batch: Callable[[int], None] | None = None,
+    on_source: Callable[[int | None], None] | None = None,
+    serve_metrics: bool = True,
+) -> RunResult:
+    """Run the flow until the source ends (files, simulator) or the process is stopped (Kafka)."""
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    own_store = store is None
+    store = store or open_migrated_store(s)
+    try:
+        scorer = Scorer.from_dir(s.model_dir, device=s.device, max_batch_rows=s.score_batch_rows, metrics=metrics)
+        metrics.model_info.info({"version": scorer.model_version, "schema": str(scorer.artifact.meta["schema_hash"])})
+        metrics.scoring_device.labels(device=scorer.device.type).set(1)
+        if serve_metrics:
+            serve(registry, s.metrics_host, s.metrics_port)
+        source, kind, expected = make_source(s, clock)
+        if on_source is not None:
+            on_source(expected)
+        flow = build_flow(
+            source, store=store, scorer=scorer, metrics=metrics, cfg=flow_config(s), source_kind=kind,
+            clock=clock, on_batch=on_batch,
+        )
+        recovery = RecoveryConfig(str(s.recovery_dir)) if s.recovery_dir else None
+        if s.recovery_dir:
+            _ensure_recovery_dir(s.recovery_dir)
+        t0 = time.perf_counter()
+        cli_main(flow, epoch_interval=timedelta(seconds=s.epoch_seconds), recovery_config=recovery)
+        elapsed = time.perf_counter() - t0
+    finally:
+        if own_store:
+            store.close()
+    return RunResult(
+        seconds=elapsed,
+        events_in=int(_total(registry, "lifecycle_events_in_total")),
+        events_applied=int(_total(registry, "lifecycle_events_applied_total")),
+        rejected=_by_label(registry, "lifecycle_events_rejected_total", "reason"),
+        rows_written=_by_label(registry, "lifecycle_rows_written_total", "table"),
+        expected_events=expected,
+    )
+
+
+def _ensure_recovery_dir(path: Path) -> None:
+    """Create the recovery store on first use (one partition: single-process runs)."""
+    from bytewax.recovery import init_db_dir
+
+    if not any(path.glob("part-*.sqlite3")):
+        path.mkdir(parents=True, exist_ok=True)
+        init_db_dir(path, 1)
+
+
+def _total(registry: CollectorRegistry, sample: str) -> float:
+    return sum(s.value for m in registry.collect() for s in m.samples if s.name == sample)
+
+
+def _by_label(registry: CollectorRegistry, sample: str, label: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for m in registry.collect():
+        for smp in m.samples:
+            if smp.name == sample and smp.value:
+                out[smp.labels[label]] = out.get(smp.labels[label], 0) + int(smp.value)
+    return out

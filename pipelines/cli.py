@@ -1,0 +1,220 @@
+"""The ``lifecycle`` command line.
+
+Every ``run`` flag overrides one field of :class:`~pipelines.settings.Settings`,
+and its help shows the ``LIFECYCLE_*`` env var behind it. Exit codes: 0 ok,
+2 usage or configuration error, 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from pipelines.settings import Settings
+
+log = logging.getLogger("lifecycle")
+
+# flag -> settings field, for `run`
+_RUN_FLAGS: dict[str, str] = {
+    "--input": "input",
+    "--store": "store",
+    "--model": "model_dir",
+    "--device": "device",
+    "--shards": "shards",
+    "--batch-events": "batch_events",
+    "--metrics-host": "metrics_host",
+    "--metrics-port": "metrics_port",
+    "--recovery-dir": "recovery_dir",
+    "--epoch-seconds": "epoch_seconds",
+    "--allowed-lateness-seconds": "allowed_lateness_seconds",
+    "--dormant-after-days": "dormant_after_days",
+    "--churned-after-days": "churned_after_days",
+    "--idle-advance-seconds": "idle_advance_seconds",
+    "--sim-users": "sim_users",
+    "--sim-days": "sim_days",
+    "--sim-seed": "sim_seed",
+}
+
+
+def _date_ms(s: str) -> int:
+    """``YYYY-MM-DD`` -> epoch ms of the *end* of that day in UTC+8 (the operating calendar)."""
+    d = dt.date.fromisoformat(s)
+    tz = dt.timezone(dt.timedelta(hours=8))
+    return int(dt.datetime.combine(d + dt.timedelta(days=1), dt.time(), tz).timestamp() * 1000)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lifecycle", description="Real-time user-lifecycle scoring.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    fields = Settings.model_fields
+    run = sub.add_parser("run", help="run the streaming flow")
+    for flag, name in _RUN_FLAGS.items():
+        f = fields[name]
+        run.add_argument(
+            flag, dest=name, default=None, metavar=name.upper(),
+            help=f"{f.description} (default: {f.default}) [env: LIFECYCLE_{name.upper()}]",
+        )
+    run.add_argument("--summary", action="store_true", help="print a summary of the store after the run")
+    run.add_argument("--progress", action="store_true", help="show a progress bar")
+
+    sim = sub.add_parser("simulate", help="write a simulated event stream (NDJSON) and its ground truth")
+    sim.add_argument("--users", type=int, default=50_000)
+    sim.add_argument("--days", type=int, default=30)
+    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2026, 10, 1), help="YYYY-MM-DD")
+    sim.add_argument("--horizon-days", type=int, default=30, help="days simulated for ground-truth labels")
+    sim.add_argument("--out", type=Path, required=True, help="events file, .jsonl or .jsonl.gz")
+    sim.add_argument("--truth", type=Path, help="ground-truth CSV (default: OUT with .truth.csv)")
+
+    tr = sub.add_parser("train", help="train a model artifact from an event history")
+    tr.add_argument("--events", type=Path, required=True, help="NDJSON(.gz) events in the event contract")
+    tr.add_argument("--as-of", required=True, help="YYYY-MM-DD: events after this day are ignored")
+    tr.add_argument("--horizon-days", type=int, default=30)
+    tr.add_argument("--out", type=Path, required=True, help="artifact directory")
+    tr.add_argument("--origins", type=int, default=4, help="rolling origins (weekly) before as-of - horizon")
+    tr.add_argument("--epochs", type=int, default=40)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--model-version", default=None, help="default: lsm-<as-of>-h<H>")
+
+    q = sub.add_parser("query", help="run SQL against the store and print the result")
+    q.add_argument("sql")
+    q.add_argument("--store", default=None, help="store URL [env: LIFECYCLE_STORE]")
+
+    return p
+
+
+def _settings(overrides: dict[str, Any]) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipelines.app import open_migrated_store, run_pipeline
+    from pipelines.report import print_summary
+
+    s = _settings({name: getattr(args, name) for name in _RUN_FLAGS.values()})
+    console = Console(stderr=False)
+    console.print(
+        f"lifecycle run: input={s.input} store={s.store} model={s.model_dir.name} device={s.device} "
+        f"shards={s.shards} metrics=http://{s.metrics_host}:{s.metrics_port}/metrics"
+    )
+    if args.progress:
+        progress = Progress(
+            TextColumn("[bold]events"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+            transient=False,
+        )
+        task = progress.add_task("events", total=None)
+        with progress:
+            result = run_pipeline(
+                s,
+                on_source=lambda n: progress.update(task, total=n),
+                on_batch=lambda n: progress.advance(task, n),
+            )
+    else:
+        result = run_pipeline(s)
+    if args.summary:
+        store = open_migrated_store(s)
+        try:
+            print_summary(console, store, result, s.store)
+        finally:
+            store.close()
+    else:
+        console.print(
+            f"{result.events_in:,} events ({result.events_in / max(result.seconds, 1e-9):,.0f}/s), "
+            f"rejected {sum(result.rejected.values()):,}, rows written {result.rows_written}"
+        )
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from pipelines.simulate import SimConfig, simulate, write_jsonl, write_truth_csv
+
+    res = simulate(SimConfig(users=args.users, days=args.days, seed=args.seed, start=args.start,
+                             horizon_days=args.horizon_days))
+    n = write_jsonl(res.events, args.out)
+    truth = args.truth or args.out.with_name(args.out.name.split(".")[0] + ".truth.csv")
+    write_truth_csv(res.truth, truth)
+    print(f"wrote {n:,} events to {args.out} and ground truth for {res.truth.height:,} users to {truth}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from models.artifact import save_artifact
+    from models.fit import FitConfig, fit
+    from pipelines.features import FEATURE_NAMES, LOG_MASK, schema_hash
+    from pipelines.training import build_training_set, load_events
+
+    as_of_ms = _date_ms(args.as_of)
+    events, rejected = load_events(args.events, now_ms=int(time.time() * 1000) + 10 * 365 * 86_400_000)
+    ts = build_training_set(events, as_of_ms=as_of_ms, horizon_days=args.horizon_days, origins=args.origins)
+    print(f"training set: {ts.x.shape[0]:,} rows x {ts.x.shape[1]} features from {len(events):,} events "
+          f"({rejected:,} rejected), origins {len(ts.origins_ms)}, positive rates {ts.y.mean(0).round(3).tolist()}")
+    model, report = fit(ts.x, ts.y, LOG_MASK, FitConfig(epochs=args.epochs, seed=args.seed))
+    version = args.model_version or f"lsm-{args.as_of}-h{args.horizon_days}"
+    save_artifact(
+        model, args.out, model_version=version, feature_names=FEATURE_NAMES, schema_hash=schema_hash(),
+        horizon_days=args.horizon_days, data_fingerprint=ts.fingerprint,
+        metrics={"best_val_loss": report.best_val_loss, "epochs": report.epochs_run,
+                 "pos_rate": list(report.pos_rate), "rows": int(ts.x.shape[0])},
+        extra={"as_of": args.as_of, "origins_ms": list(ts.origins_ms), "train_events": int(len(events)),
+               "label_means": np.round(ts.y.mean(0), 4).tolist()},
+    )
+    print(f"saved model {version} to {args.out} (val loss {report.best_val_loss:.4f}, {report.epochs_run} epochs)")
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.io.store import open_store
+
+    s = _settings({"store": args.store})
+    store = open_store(s.store, user=s.store_user, password=s.store_password.get_secret_value())
+    try:
+        res = store.query(args.sql)
+    finally:
+        store.close()
+    t = Table()
+    for c in res.column_names:
+        t.add_column(c)
+    for row in res.to_pylist():
+        t.add_row(*(str(v) for v in row.values()))
+    Console().print(t)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    handlers = {"run": _cmd_run, "simulate": _cmd_simulate, "train": _cmd_train, "query": _cmd_query}
+    try:
+        return handlers[args.cmd](args)
+    except ValidationError as err:
+        print(f"lifecycle: configuration error:\n{err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"lifecycle: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""The interaction-event contract: vocabulary, typed columns and batch decoding.
+
+Every source (simulator, file, Kafka) hands the dataflow a :class:`RawBatch` of
+NDJSON payloads with their source positions. :func:`decode_batch` turns one
+batch into typed numpy columns (:class:`EventColumns`) plus a list of
+:class:`Rejection` records. Decoding is batch-wise: the whole batch is decoded
+by one ``msgspec`` call; only when that fails (one bad line poisons the native
+batch) do we fall back to decoding line by line, so that the bad line is
+isolated and the good lines around it are kept.
+
+Nothing in here raises on bad input: every invalid event becomes a rejection
+with an enumerated :class:`RejectReason` and its source position.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# --------------------------------------------------------------------------- vocabulary
+
+#: Event types of the private-domain journey, grouped by family. The order is the
+#: wire-independent type code (int8); append new types at the end only.
+EVENT_TYPES: tuple[str, ...] = (
+    "register",
+    "follow",
+    "add_contact",
+    "message_read",
+    "message_click",
+    "page_view",
+    "share",
+    "referral",
+    "join_group",
+    "leave_group",
+    "live_watch",
+    "coupon_claim",
+    "coupon_redeem",
+    "add_to_cart",
+    "order",
+    "refund",
+    "checkin",
+    "unfollow",
+    "delete_contact",
+    "unsubscribe",
+)
+
+#: Channels a brand reaches its users on. Order = channel code; append only.
+CHANNELS: tuple[str, ...] = (
+    "wecom",
+    "official_account",
+    "mini_program",
+    "app",
+    "douyin",
+    "community_group",
+    "offline_store",
+    "sms",
+    "web",
+    "other",
+)
+
+TYPE_CODE: dict[str, int] = {name: i for i, name in enumerate(EVENT_TYPES)}
+CHANNEL_CODE: dict[str, int] = {name: i for i, name in enumerate(CHANNELS)}
+
+#: Types that carry a monetary ``amount`` (required for them, ignored otherwise).
+MONETARY_TYPES: frozenset[str] = frozenset({"order", "refund"})
+#: Explicit churn signals: the user cut the connection.
+EXIT_TYPES: frozenset[str] = frozenset({"unfollow", "delete_contact", "unsubscribe"})
+#: Acquisition / reconnection: the user (re)entered the private domain.
+ACQUIRE_TYPES: frozenset[str] = frozenset({"register", "follow", "add_contact"})
+
+MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z; earlier epoch-ms values are bad data
+MAX_USER_ID_CHARS = 128
+
+
+class RejectReason(enum.StrEnum):
+    """Why an event was not applied. The values are stable: they are metric labels
+    and the ``reason`` column of ``rejected_events``."""
+
+    MALFORMED_JSON = "malformed_json"
+    MISSING_FIELD = "missing_field"
+    BAD_TYPE = "bad_type"
+    BAD_TIMESTAMP = "bad_timestamp"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    NEGATIVE_AMOUNT = "negative_amount"
+    BAD_AMOUNT = "bad_amount"
+    OVERSIZED = "oversized"
+    BAD_USER_ID = "bad_user_id"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    UNKNOWN_CHANNEL = "unknown_channel"
+    LATE = "late"
+    USER_ID_COLLISION = "user_id_collision"
+
+
+# --------------------------------------------------------------------------- containers
+
+
+@dataclass(frozen=True, slots=True)
+class RawBatch:
+    """A batch of undecoded payloads from one source partition.
+
+    ``offsets[i]`` is the position of ``payloads[i]``: the Kafka offset, or the
+    1-based line number for files. ``source`` is the topic or file path.
+    """
+
+    source: str
+    partition: int
+    offsets: npt.NDArray[np.int64]
+    payloads: Sequence[bytes]
+    #: Wall-clock ms when the batch was read; used for pipeline latency.
+    read_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A dead letter: the original bytes, why, and where they came from."""
+
+    reason: RejectReason
+    source: str
+    partition: int
+    offset: int
+    payload: bytes
+    detail: str = ""
+
+    @property
+    def position(self) -> str:
+        """Human-readable source position, e.g. ``events:3@1042`` or ``file.jsonl:17``."""
+        if self.partition < 0:
+            return f"{self.source}:{self.offset}"
+        return f"{self.source}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class EventColumns:
+    """Decoded, validated events as parallel numpy columns (one row per event)."""
+
+    user_key: npt.NDArray[np.int64]  # 64-bit hash of the NFC user id
+    user_id: npt.NDArray[np.object_]  # the NFC user id (str)
+    event_key: npt.NDArray[np.int64]  # 64-bit hash of event_id (dedup)
+    ts_ms: npt.NDArray[np.int64]
+    type_code: npt.NDArray[np.int8]
+    channel_code: npt.NDArray[np.int8]
+    amount: npt.NDArray[np.float64]  # 0.0 where the type carries no amount
+    # provenance, kept so that later stages (lateness, collisions) can dead-letter
+    source: str = ""
+    partition: int = -1
+    offsets: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    payloads: npt.NDArray[np.object_] = field(default_factory=lambda: np.zeros(0, object))
+    read_at_ms: int = 0
+
+    def __len__(self) -> int:
+        return int(self.ts_ms.shape[0])
+
+    def take(self, idx: npt.NDArray[np.intp] | npt.NDArray[np.bool_]) -> EventColumns:
+        """Rows selected by an index or mask, provenance included."""
+        return EventColumns(
+            user_key=self.user_key[idx],
+            user_id=self.user_id[idx],
+            event_key=self.event_key[idx],
+            ts_ms=self.ts_ms[idx],
+            type_code=self.type_code[idx],
+            channel_code=self.channel_code[idx],
+            amount=self.amount[idx],
+            source=self.source,
+            partition=self.partition,
+            offsets=self.offsets[idx],
+            payloads=self.payloads[idx],
+            read_at_ms=self.read_at_ms,
+        )
+
+    def rejections(self, mask: npt.NDArray[np.bool_], reason: RejectReason, detail: str = "") -> list[Rejection]:
+        """Dead letters for the rows in ``mask`` (used by stages after decoding)."""
+        return [
+            Rejection(reason, self.source, self.partition, int(off), bytes(p), detail)
+            for off, p in zip(self.offsets[mask], self.payloads[mask], strict=True)
+        ]
+
+    @staticmethod
+    def empty() -> EventColumns:
+        return EventColumns(
+            user_key=np.zeros(0, np.int64),
+            user_id=np.zeros(0, object),
+            event_key=np.zeros(0, np.int64),
+            ts_ms=np.zeros(0, np.int64),
+            type_code=np.zeros(0, np.int8),
+            channel_code=np.zeros(0, np.int8),
+            amount=np.zeros(0, np.float64),
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[EventColumns]) -> EventColumns:
+        """Concatenate batches (provenance of the first part is kept: offline use only)."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return EventColumns.empty()
+        return EventColumns(
+            user_key=np.concatenate([p.user_key for p in parts]),
+            user_id=np.concatenate([p.user_id for p in parts]),
+            event_key=np.concatenate([p.event_key for p in parts]),
+            ts_ms=np.concatenate([p.ts_ms for p in parts]),
+            type_code=np.concatenate([p.type_code for p in parts]),
+            channel_code=np.concatenate([p.channel_code for p in parts]),
+            amount=np.concatenate([p.amount for p in parts]),
+            source=parts[0].source,
+            partition=parts[0].partition,
+            offsets=np.concatenate([p.offsets for p in parts]),
+            payloads=np.concatenate([p.payloads for p in parts]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Validation limits, from settings."""
+
+    max_event_bytes: int = 65_536
+    max_future_ms: int = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """What :func:`decode_batch` returns: good events and dead letters."""
+
+    events: EventColumns
+    rejects: list[Rejection]
+    total: int  # events in the raw batch (= len(events) + len(rejects))
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class _WireEvent(msgspec.Struct, gc=False):
+    """The JSON shape of an event; see ``docs/events.md``."""
+
+    event_id: str
+    user_id: str
+    ts: int | dt.datetime
+    type: str
+    channel: str
+    amount: float | None = None
+    # Kept raw: we never look inside props on the hot path, so never pay to decode them.
+    props: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_BATCH_DECODER = msgspec.json.Decoder(list[_WireEvent])
+_ONE_DECODER = msgspec.json.Decoder(_WireEvent)
+
+
+def hash_strings(values: npt.NDArray[np.object_]) -> npt.NDArray[np.int64]:
+    """Stable 64-bit hashes of strings (SipHash with pandas' fixed key), vectorised.
+
+    Stable across processes and restarts, unlike ``hash()``; collisions are
+    detected by the shard state, which keeps the original id per row.
+    """
+    if values.shape[0] == 0:
+        return np.zeros(0, np.int64)
+    return pd.util.hash_array(values, categorize=False).view(np.int64)
+
+
+def _classify(err: Exception) -> RejectReason:
+    if isinstance(err, msgspec.DecodeError) and not isinstance(err, msgspec.ValidationError):
+        return RejectReason.MALFORMED_JSON
+    msg = str(err)
+    if "missing required field" in msg:
+        return RejectReason.MISSING_FIELD
+    if "`$.ts`" in msg:
+        return RejectReason.BAD_TIMESTAMP
+    if "`$.amount`" in msg and "out of range" in msg:
+        return RejectReason.BAD_AMOUNT
+    return RejectReason.BAD_TYPE
+
+
+def _decode_lines(
+    raw: RawBatch, idx: list[int]
+) -> tuple[list[_WireEvent], list[int], list[tuple[int, RejectReason, str]]]:
+    """Decode the lines ``idx``: fast path in one call, per-line fallback on error."""
+    payloads = raw.payloads
+    if not idx:
+        return [], [], []
+    try:
+        joined = b"[" + b",".join([payloads[i] for i in idx]) + b"]"
+        return _BATCH_DECODER.decode(joined), idx, []
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        pass
+    good: list[_WireEvent] = []
+    good_idx: list[int] = []
+    bad: list[tuple[int, RejectReason, str]] = []
+    for i in idx:
+        try:
+            good.append(_ONE_DECODER.decode(payloads[i]))
+            good_idx.append(i)
+        except (msgspec.DecodeError, UnicodeDecodeError) as err:
+            bad.append((i, _classify(err), str(err)[:200]))
+    return good, good_idx, bad
+
+
+def _normalise_user_ids(ids: list[str]) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.bool_]]:
+    """NFC-normalise ids and flag invalid ones (empty, too long, control chars, padding)."""
+    arr = pa.array(ids, type=pa.string())
+    lengths = pc.utf8_length(arr).to_numpy(zero_copy_only=False)
+    bad = (lengths == 0) | (lengths > MAX_USER_ID_CHARS)
+    bad |= pc.match_substring_regex(arr, r"[\x00-\x1f\x7f]|^\s|\s$").to_numpy(zero_copy_only=False)
+    out = np.asarray(ids, dtype=object)
+    non_ascii = ~pc.string_is_ascii(arr).to_numpy(zero_copy_only=False)
+    if non_ascii.any():
+        # NFC/NFD variants of the same id must map to one user.
+        for i in np.flatnonzero(non_ascii):
+            out[i] = unicodedata.normalize("NFC", out[i])
+    return out, bad
+
+
+def decode_batch(raw: RawBatch, *, now_ms: int, limits: DecodeLimits = DecodeLimits()) -> Decoded:
+    """Decode and validate one batch. Never raises on bad input.
+
+    ``now_ms`` is the injected wall clock, used for the future-timestamp check.
+    """
+    n = len(raw.payloads)
+    rejected: list[tuple[int, RejectReason, str]] = []
+    max_bytes = limits.max_event_bytes
+    if n and max(map(len, raw.payloads)) > max_bytes:
+        idx = []
+        for i, p in enumerate(raw.payloads):
+            if len(p) > max_bytes:
+                rejected.append((i, RejectReason.OVERSIZED, f"{len(p)} bytes > {max_bytes}"))
+            else:
+                idx.append(i)
+    else:
+        idx = list(range(n))
+
+    wire, good_idx, bad = _decode_lines(raw, idx)
+    rejected.extend(bad)
+    m = len(wire)
+    pos = np.asarray(good_idx, dtype=np.int64)
+
+    # --- timestamps: epoch ms ints on the fast path, ISO-8601 (with offset) otherwise
+    ts = np.empty(m, np.int64)
+    ts_bad = np.zeros(m, bool)
+    raw_ts = [e.ts for e in wire]
+    for i, t in enumerate(raw_ts):
+        if type(t) is int:
+            ts[i] = t
+        else:
+            assert isinstance(t, dt.datetime)
+            if t.tzinfo is None:
+                ts_bad[i] = True
+                ts[i] = 0
+            else:
+                ts[i] = int(t.timestamp() * 1000)
+    ts_bad |= ts < MIN_TS_MS
+    future = ~ts_bad & (ts > now_ms + limits.max_future_ms)
+
+    types = np.fromiter((TYPE_CODE.get(e.type, -1) for e in wire), np.int8, m)
+    chans = np.fromiter((CHANNEL_CODE.get(e.channel, -1) for e in wire), np.int8, m)
+    amounts_raw = [e.amount for e in wire]
+    amount = np.fromiter((0.0 if a is None else a for a in amounts_raw), np.float64, m)
+    amount_missing = np.fromiter((a is None for a in amounts_raw), bool, m)
+    monetary = (types == TYPE_CODE["order"]) | (types == TYPE_CODE["refund"])
+    amount = np.where(monetary, amount, 0.0)
+
+    user_ids, uid_bad = _normalise_user_ids([e.user_id for e in wire]) if m else (np.zeros(0, object), np.zeros(0, bool))
+
+    # Order of checks = priority of reasons when an event has several faults.
+    checks: list[tuple[npt.NDArray[np.bool_], RejectReason]] = [
+        (uid_bad, RejectReason.BAD_USER_ID),
+        (ts_bad, RejectReason.BAD_TIMESTAMP),
+        (future, RejectReason.FUTURE_TIMESTAMP),
+        (types < 0, RejectReason.UNKNOWN_EVENT_TYPE),
+        (chans < 0, RejectReason.UNKNOWN_CHANNEL),
+        (monetary & amount_missing, RejectReason.MISSING_FIELD),
+        (monetary & ~np.isfinite(amount), RejectReason.BAD_AMOUNT),
+        (monetary & (amount < 0), RejectReason.NEGATIVE_AMOUNT),
+    ]
+    ok = np.ones(m, bool)
+    for mask, reason in checks:
+        hit = ok & mask
+        if hit.any():
+            for j in np.flatnonzero(hit):
+                rejected.append((int(pos[j]), reason, _detail(reason, wire[j])))
+            ok &= ~hit
+
+    keep = np.flatnonzero(ok)
+    payload_arr = np.empty(n, dtype=object)
+    payload_arr[:] = list(raw.payloads)
+    ev_ids = np.asarray([wire[j].event_id for j in keep], dtype=object)
+    events = EventColumns(
+        user_key=hash_strings(user_ids[keep]),
+        user_id=user_ids[keep],
+        event_key=hash_strings(ev_ids),
+        ts_ms=ts[keep],
+        type_code=types[keep],
+        channel_code=chans[keep],
+        amount=amount[keep],
+        source=raw.source,
+        partition=raw.partition,
+        offsets=raw.offsets[pos[keep]] if m else np.zeros(0, np.int64),
+        payloads=payload_arr[pos[keep]] if m else np.zeros(0, object),
+        read_at_ms=raw.read_at_ms,
+    )
+    rejects = [
+        Rejection(reason, raw.source, raw.partition, int(raw.offsets[i]), bytes(raw.payloads[i]), detail)
+        for i, reason, detail in sorted(rejected)
+    ]
+    return Decoded(events=events, rejects=rejects, total=n)
+
+
+def _detail(reason: RejectReason, e: _WireEvent) -> str:
+    if reason is RejectReason.UNKNOWN_EVENT_TYPE:
+        return f"type={e.type[:64]!r}"
+    if reason is RejectReason.UNKNOWN_CHANNEL:
+        return f"channel={e.channel[:64]!r}"
+    if reason in (RejectReason.NEGATIVE_AMOUNT, RejectReason.BAD_AMOUNT):
+        return f"amount={e.amount!r}"
+    if reason is RejectReason.MISSING_FIELD:
+        return f"{e.type} requires amount"
+    if reason in (RejectReason.BAD_TIMESTAMP, RejectReason.FUTURE_TIMESTAMP):
+        return f"ts={str(e.ts)[:64]}"
+    return ""
+

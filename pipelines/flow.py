@@ -1,0 +1,206 @@
+"""The Bytewax dataflow: source -> decode -> shard -> state/features -> score -> store.
+
+::
+
+    source (RawBatch) --decode--> Decoded --split by hash(user_id)--> (shard, EventColumns)
+        |                                                      |
+        +-- rejects --------------------------+      stateful "state" (ShardProcessor)
+                                              |          |-- late / collisions -> rejects
+                                              v          v
+                                      rejected_events   FeatureRows --score--> user_scores,
+                                                                               stage_transitions
+
+Every item is a batch. The stateful step is keyed by shard, not by user:
+Bytewax's per-user windows cost O(live keys) per activation (DESIGN.md); the
+shard holds columnar state for many users instead. All I/O happens in the
+sink, at the end; the steps in between are pure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import bytewax.operators as op
+import numpy as np
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulLogic
+
+from pipelines.events import Decoded, DecodeLimits, EventColumns, RawBatch, decode_batch
+from pipelines.io.sinks import StoreSink
+from pipelines.io.store import Store
+from pipelines.metrics import PipelineMetrics
+from pipelines.records import Records, reject_records, score_records
+from pipelines.scoring import Scorer
+from pipelines.shard import ShardConfig, ShardProcessor, ShardResult
+from pipelines.stages import STAGES, StageRules, assign_tiers, at_risk
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class FlowConfig:
+    shards: int = 4
+    limits: DecodeLimits = DecodeLimits()
+    shard: ShardConfig = ShardConfig()
+    #: Advance a shard's clock by wall time when it saw no events for this long (0 = never).
+    #: Right for live streams, wrong for replays of history (their clock is not the wall clock).
+    idle_advance_seconds: float = 0.0
+
+
+def shard_of(user_key: np.ndarray, shards: int) -> np.ndarray:
+    """Shard of each user: stable across processes and restarts (the key is a stable hash)."""
+    return (user_key.view(np.uint64) % np.uint64(shards)).astype(np.int64)
+
+
+def split_by_shard(ev: EventColumns, shards: int) -> list[tuple[str, tuple[str, EventColumns]]]:
+    """One sub-batch per shard present in ``ev``, keyed ``"s0"``, ``"s1"``, ...
+
+    The value repeats the key because Bytewax builds stateful logic from the
+    resume state alone; the logic learns its shard name from its first item.
+    """
+    if len(ev) == 0:
+        return []
+    if shards == 1:
+        return [("s0", ("s0", ev))]
+    sh = shard_of(ev.user_key, shards)
+    order = np.argsort(sh, kind="stable")
+    bounds = np.searchsorted(sh[order], np.arange(shards + 1))
+    return [
+        (f"s{k}", (f"s{k}", ev.take(order[bounds[k] : bounds[k + 1]])))
+        for k in range(shards)
+        if bounds[k + 1] > bounds[k]
+    ]
+
+
+class ShardLogic(StatefulLogic[tuple[str, EventColumns], ShardResult, dict[str, Any]]):
+    """Bytewax glue around :class:`ShardProcessor` (one per shard key)."""
+
+    def __init__(
+        self, key: str, proc: ShardProcessor, metrics: PipelineMetrics, cfg: FlowConfig, clock: Clock
+    ) -> None:
+        self.key = key
+        self.proc = proc
+        self.metrics = metrics
+        self.cfg = cfg
+        self.clock = clock
+        self._last_item_wall = clock()
+
+    def on_item(self, value: tuple[str, EventColumns]) -> tuple[Iterable[ShardResult], bool]:
+        self.key, events = value
+        res = self.proc.process(events)
+        self._last_item_wall = self.clock()
+        self._observe(res)
+        return [res], StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[ShardResult], bool]:
+        st = self.proc.state
+        idle = self.clock() - self._last_item_wall
+        if idle < self.cfg.idle_advance_seconds:
+            return [], StatefulLogic.RETAIN
+        # The stream is idle: let wall time (minus the allowed lateness) move the clock,
+        # so silent users still reach dormant/churned when no event arrives at all.
+        target = int(self.clock() * 1000) - self.cfg.shard.allowed_lateness_ms
+        res = self.proc.advance(max(target, st.clock_ms))
+        self._observe(res)
+        return ([res] if res.rows is not None else []), StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if self.cfg.idle_advance_seconds <= 0:
+            return None
+        return datetime.fromtimestamp(self._last_item_wall, UTC) + timedelta(seconds=self.cfg.idle_advance_seconds)
+
+    def snapshot(self) -> dict[str, Any]:
+        # Copies (snapshot_arrays copies): Bytewax may serialise after later items mutate state.
+        return {"key": self.key, **self.proc.snapshot()}
+
+    def _observe(self, res: ShardResult) -> None:
+        m = self.metrics
+        m.events_applied.inc(res.applied)
+        m.timer_rows.inc(res.timer_rows)
+        m.batches.labels(step="state").inc()
+        st = self.proc.state
+        if st.clock_ms > 0:
+            m.watermark.labels(shard=self.key).set(st.clock_ms / 1000)
+        m.users_in_state.labels(shard=self.key).set(st.n)
+
+
+class ScoreStep:
+    """Feature rows -> store records (user_scores, stage_transitions)."""
+
+    def __init__(self, scorer: Scorer, rules: StageRules, metrics: PipelineMetrics, clock: Clock) -> None:
+        self.scorer = scorer
+        self.rules = rules
+        self.metrics = metrics
+        self.clock = clock
+
+    def __call__(self, res: ShardResult) -> list[Records]:
+        rows = res.rows
+        if rows is None or len(rows) == 0:
+            return []
+        scores = self.scorer.score(rows.features)
+        tiers = assign_tiers(rows.features, self.rules)
+        risk = at_risk(rows.stage, scores.churn_risk, self.rules)
+        self.metrics.batches.labels(step="score").inc()
+        count_transitions(self.metrics, rows.prev_stage, rows.stage)
+        return score_records(rows, scores, tiers, risk, self.scorer.model_version, int(self.clock() * 1000))
+
+
+def build_flow(
+    source: Source[RawBatch],
+    *,
+    store: Store,
+    scorer: Scorer,
+    metrics: PipelineMetrics,
+    cfg: FlowConfig,
+    source_kind: str,
+    clock: Clock = time.time,
+    on_batch: Callable[[int], None] | None = None,
+) -> Dataflow:
+    """Wire the dataflow. ``on_batch(n)`` is called with each raw batch's size (progress bars)."""
+    flow = Dataflow("lifecycle")
+    raw = op.input("events", flow, source)
+    in_counter = metrics.events_in.labels(source=source_kind)
+
+    def decode(batch: RawBatch) -> Decoded:
+        d = decode_batch(batch, now_ms=int(clock() * 1000), limits=cfg.limits)
+        in_counter.inc(d.total)
+        metrics.batches.labels(step="decode").inc()
+        if on_batch is not None:
+            on_batch(d.total)
+        return d
+
+    decoded = op.map("decode", raw, decode)
+    keyed = op.flat_map("shard", decoded, lambda d: split_by_shard(d.events, cfg.shards))
+
+    def build_logic(resume: dict[str, Any] | None) -> ShardLogic:
+        if resume:
+            return ShardLogic(resume["key"], ShardProcessor.restore(cfg.shard, resume), metrics, cfg, clock)
+        return ShardLogic("", ShardProcessor(cfg.shard), metrics, cfg, clock)
+
+    processed = op.stateful("state", keyed, build_logic)
+    results = op.map("unkey", processed, lambda kv: kv[1])
+
+    decode_rejects = op.filter_map("decode_rejects", decoded, lambda d: d.rejects or None)
+    state_rejects = op.filter_map("state_rejects", results, lambda r: r.rejects or None)
+    all_rejects = op.merge("rejects", decode_rejects, state_rejects)
+    reject_rows = op.map("reject_rows", all_rejects, lambda rs: reject_records(rs, int(clock() * 1000)))
+
+    score = ScoreStep(scorer, cfg.shard.rules, metrics, clock)
+    score_rows = op.flat_map("score", results, score)
+    op.output("store", op.merge("records", score_rows, reject_rows), StoreSink(store, metrics, clock=clock))
+    return flow
+
+
+def count_transitions(metrics: PipelineMetrics, prev: np.ndarray, stage: np.ndarray) -> None:
+    """Increment the transitions counter by (from, to) pairs, vectorised."""
+    changed = prev != stage
+    if not changed.any():
+        return
+    pairs, counts = np.unique(np.stack([prev[changed], stage[changed]]), axis=1, return_counts=True)
+    for (a, b), c in zip(pairs.T, counts, strict=True):
+        metrics.transitions.labels(from_stage=STAGES[a] if a >= 0 else "none", to_stage=STAGES[b]).inc(int(c))

@@ -1,0 +1,104 @@
+"""Arrow tables in the layout of the store's tables (see ``sql/migrations``).
+
+Pure functions: the scoring step and the dead-letter path build these, and the
+sinks insert them unchanged. Column names and types match the DDL exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from pipelines.events import Rejection
+from pipelines.scoring import Scores
+from pipelines.shard import FeatureRows
+from pipelines.stages import STAGES, TIERS
+
+_TS = pa.timestamp("ms", tz="UTC")
+_STAGE_NAMES = np.array(STAGES, dtype=object)
+_TIER_NAMES = np.array(TIERS, dtype=object)
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """Rows for one table, with what metrics need to know about them."""
+
+    table: str
+    data: pa.Table
+    last_event_ms: npt.NDArray[np.int64] | None = None  # for freshness (user_scores only)
+    read_at_ms: int = 0
+
+
+def score_records(
+    rows: FeatureRows,
+    scores: Scores,
+    tiers: npt.NDArray[np.int8],
+    at_risk: npt.NDArray[np.bool_],
+    model_version: str,
+    scored_at_ms: int,
+) -> list[Records]:
+    """``user_scores`` rows for every scored user, ``stage_transitions`` for changed stages."""
+    n = len(rows)
+    stage = _STAGE_NAMES[rows.stage]
+    reasons = pa.array(scores.reasons, type=pa.list_(pa.string()))
+    version = np.full(n, rows.version, np.uint64)
+    user_scores = pa.table(
+        {
+            "user_id": pa.array(rows.user_id, pa.string()),
+            "stage": pa.array(stage, pa.string()),
+            "tier": pa.array(_TIER_NAMES[tiers], pa.string()),
+            "at_risk": pa.array(at_risk, pa.bool_()),
+            "churn_risk": pa.array(scores.churn_risk, pa.float32()),
+            "purchase_propensity": pa.array(scores.purchase_propensity, pa.float32()),
+            "reasons": reasons,
+            "model_version": pa.array(np.full(n, model_version, object), pa.string()),
+            "last_event_at": pa.array(rows.last_event_ms, _TS),
+            "scored_at": pa.array(np.full(n, scored_at_ms, np.int64), _TS),
+            "version": pa.array(version, pa.uint64()),
+        }
+    )
+    out = [Records("user_scores", user_scores, rows.last_event_ms, rows.read_at_ms)]
+    changed = np.flatnonzero(rows.prev_stage != rows.stage)
+    if changed.shape[0]:
+        prev = np.where(rows.prev_stage[changed] < 0, "none", _STAGE_NAMES[np.maximum(rows.prev_stage[changed], 0)])
+        out.append(
+            Records(
+                "stage_transitions",
+                pa.table(
+                    {
+                        "user_id": pa.array(rows.user_id[changed], pa.string()),
+                        "from_stage": pa.array(prev, pa.string()),
+                        "to_stage": pa.array(stage[changed], pa.string()),
+                        "at": pa.array(np.full(changed.shape[0], rows.version, np.int64), _TS),
+                        "churn_risk": pa.array(scores.churn_risk[changed], pa.float32()),
+                        "purchase_propensity": pa.array(scores.purchase_propensity[changed], pa.float32()),
+                        "reasons": reasons.take(pa.array(changed)),
+                        "model_version": pa.array(np.full(changed.shape[0], model_version, object), pa.string()),
+                        "version": pa.array(version[changed], pa.uint64()),
+                    }
+                ),
+            )
+        )
+    return out
+
+
+def reject_records(rejects: list[Rejection], received_at_ms: int) -> Records:
+    """``rejected_events`` rows (payload kept as bytes; invalid UTF-8 survives as-is)."""
+    n = len(rejects)
+    return Records(
+        "rejected_events",
+        pa.table(
+            {
+                "received_at": pa.array(np.full(n, received_at_ms, np.int64), _TS),
+                "reason": pa.array([r.reason.value for r in rejects], pa.string()),
+                "detail": pa.array([r.detail for r in rejects], pa.string()),
+                "source": pa.array([r.source for r in rejects], pa.string()),
+                "partition": pa.array([r.partition for r in rejects], pa.int32()),
+                "offset": pa.array([r.offset for r in rejects], pa.int64()),
+                "payload": pa.array([r.payload for r in rejects], pa.binary()),
+            }
+        ),
+    )

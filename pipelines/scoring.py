@@ -1,0 +1,141 @@
+"""The scoring engine: feature rows -> churn risk, purchase propensity and reason codes.
+
+Rows are scored in micro-batches of at most ``max_batch_rows`` on the injected
+torch device (``auto`` = CUDA when present, else CPU). Reasons come from an
+input x gradient attribution of the churn head (see
+:func:`models.network.input_x_gradient`), turned into operator phrases by the
+feature registry, so that streaming and batch scoring explain identically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from models.artifact import Artifact, load_artifact
+from models.network import input_x_gradient
+from pipelines.features import FEATURE_NAMES, REGISTRY, schema_hash
+from pipelines.metrics import PipelineMetrics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "artifacts" / "default"
+N_REASONS = 3
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when usable, else CPU; an explicit ``cuda`` without a GPU falls back loudly."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("device %s requested but CUDA is not available; scoring on CPU", name)
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    churn_risk: npt.NDArray[np.float32]
+    purchase_propensity: npt.NDArray[np.float32]
+    reasons: list[list[str]]
+
+
+class Scorer:
+    """Scores feature matrices with one loaded model on one device."""
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        *,
+        device: torch.device,
+        max_batch_rows: int = 8192,
+        metrics: PipelineMetrics | None = None,
+    ) -> None:
+        if max_batch_rows <= 0:
+            raise ValueError(f"max_batch_rows must be positive, got {max_batch_rows}")
+        self.artifact = artifact
+        self.model = artifact.model.to(device).eval()
+        self.device = device
+        self.max_batch_rows = max_batch_rows
+        self.metrics = metrics
+        self.model_version = artifact.model_version
+        self._phrase_cache: dict[tuple[int, bool, int], str] = {}
+        self._mean_raw = self._raw_means()
+
+    @classmethod
+    def from_dir(
+        cls, path: Path, *, device: str = "auto", max_batch_rows: int = 8192, metrics: PipelineMetrics | None = None
+    ) -> Scorer:
+        dev = resolve_device(device)
+        art = load_artifact(path, expected_schema_hash=schema_hash(), expected_names=FEATURE_NAMES, device=dev)
+        return cls(art, device=dev, max_batch_rows=max_batch_rows, metrics=metrics)
+
+    def _raw_means(self) -> npt.NDArray[np.float64]:
+        m = self.model
+        mean = m.mean.detach().cpu().numpy().astype(np.float64)
+        log_mask = m.log_mask.detach().cpu().numpy()
+        return np.where(log_mask, np.expm1(mean), mean)
+
+    def score(self, features: npt.NDArray[np.float32]) -> Scores:
+        """Score rows (n x F). Non-finite values are zeroed and counted, never fed to the model."""
+        n = features.shape[0]
+        bad = ~np.isfinite(features)
+        if bad.any():
+            if self.metrics:
+                self.metrics.nonfinite_rows.inc(int(bad.any(axis=1).sum()))
+            features = np.where(bad, 0.0, features).astype(np.float32)
+        churn = np.empty(n, np.float32)
+        prop = np.empty(n, np.float32)
+        reasons: list[list[str]] = []
+        for i in range(0, n, self.max_batch_rows):
+            chunk = features[i : i + self.max_batch_rows]
+            t0 = time.perf_counter()
+            x = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device, non_blocking=True)
+            probs, attr = input_x_gradient(self.model, x, head=0)
+            p = probs.cpu().numpy()
+            a = attr.cpu().numpy()
+            churn[i : i + len(chunk)] = p[:, 0]
+            prop[i : i + len(chunk)] = p[:, 1]
+            reasons += self._phrases(chunk, a)
+            if self.metrics:
+                self.metrics.scoring_seconds.observe(time.perf_counter() - t0)
+                self.metrics.scoring_batch_rows.observe(len(chunk))
+        if self.metrics:
+            self.metrics.rows_scored.inc(n)
+        return Scores(churn, prop, reasons)
+
+    def _phrases(self, x: npt.NDArray[np.float32], attr: npt.NDArray[np.float32]) -> list[list[str]]:
+        """Top churn drivers per row as short phrases (only features that raise the risk)."""
+        k = min(N_REASONS, attr.shape[1])
+        top = np.argpartition(-attr, k - 1, axis=1)[:, :k]
+        top_attr = np.take_along_axis(attr, top, axis=1)
+        order = np.argsort(-top_attr, axis=1)
+        top = np.take_along_axis(top, order, axis=1)
+        top_attr = np.take_along_axis(top_attr, order, axis=1)
+        vals = np.take_along_axis(x, top, axis=1)
+        high = vals >= self._mean_raw[top]
+        cache = self._phrase_cache
+        out: list[list[str]] = []
+        for r in range(x.shape[0]):
+            row: list[str] = []
+            for j in range(k):
+                if top_attr[r, j] <= 0:
+                    break
+                f = int(top[r, j])
+                v = float(vals[r, j])
+                key = (f, bool(high[r, j]), int(round(v * 100)))
+                phrase = cache.get(key)
+                if phrase is None:
+                    spec = REGISTRY[f]
+                    phrase = (spec.high if high[r, j] else spec.low).format(v=v)
+                    if len(cache) < 200_000:
+                        cache[key] = phrase
+                row.append(phrase)
+            out.append(row)
+        return out

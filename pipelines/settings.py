@@ -1,0 +1,76 @@
+"""One frozen settings object for the whole pipeline, read from ``LIFECYCLE_*`` env vars.
+
+CLI flags override fields (see :mod:`pipelines.cli`, which shows the env var
+behind every flag). Secrets are ``SecretStr`` and never printed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipelines.shard import ShardConfig
+from pipelines.stages import StageRules
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "artifacts" / "default"
+DEFAULT_SQL = Path(__file__).resolve().parent.parent / "sql" / "migrations"
+
+
+class Settings(BaseSettings):
+    """Pipeline configuration. Every field is env var ``LIFECYCLE_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="LIFECYCLE_", frozen=True, extra="ignore")
+
+    input: str = Field("simulate", description="simulate | PATH(.jsonl[.gz]) | kafka://HOST:PORT/TOPIC")
+    store: str = Field("chdb://./data/lifecycle.chdb", description="chdb://PATH or http(s)://HOST:PORT/DB")
+    store_user: str = Field("default", description="ClickHouse server user (http store)")
+    store_password: SecretStr = Field(SecretStr(""), description="ClickHouse server password (http store)")
+    model_dir: Path = Field(DEFAULT_MODEL, description="model artifact directory")
+    sql_dir: Path = Field(DEFAULT_SQL, description="directory of numbered .sql migrations")
+    device: str = Field("auto", description="torch device for scoring: auto | cpu | cuda[:N]")
+    metrics_host: str = Field("127.0.0.1", description="bind address of the Prometheus endpoint")
+    metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus port (0 disables)")
+    shards: int = Field(4, ge=1, le=4096, description="state shards (Bytewax keys)")
+    batch_events: int = Field(20_000, ge=1, description="events per source batch")
+    score_batch_rows: int = Field(8192, ge=1, description="max rows per model micro-batch")
+    max_event_bytes: int = Field(65_536, ge=64, description="events larger than this are rejected (oversized)")
+    max_future_seconds: int = Field(86_400, ge=0, description="events further ahead of the wall clock are rejected")
+    allowed_lateness_seconds: int = Field(6 * 3600, ge=0, description="events older than clock minus this are late")
+    new_days: float = Field(14.0, gt=0, description="acquired within this many days and no order -> new")
+    dormant_after_days: float = Field(14.0, gt=0, description="silence (days) after which a user is dormant")
+    churned_after_days: float = Field(45.0, gt=0, description="silence (days) after which a user is churned")
+    at_risk_threshold: float = Field(0.6, ge=0, le=1, description="churn risk that flags an active user at-risk")
+    vip_value_90d: float = Field(1000.0, ge=0, description="90-day decayed spend (CNY) for the VIP tier")
+    idle_advance_seconds: float = Field(
+        0.0, ge=0, description="advance shard clocks by wall time after this many idle seconds (live streams; 0 = off)"
+    )
+    epoch_seconds: float = Field(10.0, gt=0, description="Bytewax epoch (snapshot) interval")
+    recovery_dir: Path | None = Field(None, description="Bytewax recovery store directory (enables resume)")
+    kafka_group: str = Field("lifecycle-scoring", description="Kafka consumer group id")
+    kafka_start: Literal["earliest", "latest"] = Field("earliest", description="where a new Kafka run starts")
+    kafka_eof_exit: bool = Field(False, description="stop when every Kafka partition is at its end (tests, backfills)")
+    sim_users: int = Field(50_000, ge=1, description="simulated users (--input simulate)")
+    sim_days: int = Field(30, ge=1, description="simulated days (--input simulate)")
+    sim_seed: int = Field(7, description="simulator seed")
+
+    @field_validator("store")
+    @classmethod
+    def _store_scheme(cls, v: str) -> str:
+        if not v.startswith(("chdb://", "http://", "https://")):
+            raise ValueError(f"store must be chdb://PATH or http(s)://HOST:PORT/DB, got {v!r}")
+        return v
+
+    def stage_rules(self) -> StageRules:
+        return StageRules(
+            new_days=self.new_days,
+            dormant_after_days=self.dormant_after_days,
+            churned_after_days=self.churned_after_days,
+            vip_value_90d=self.vip_value_90d,
+            at_risk_threshold=self.at_risk_threshold,
+        )
+
+    def shard_config(self) -> ShardConfig:
+        return ShardConfig(rules=self.stage_rules(), allowed_lateness_ms=self.allowed_lateness_seconds * 1000)

@@ -1,0 +1,140 @@
+"""One shard's processing step, free of Bytewax: lateness, state update, timers, stages.
+
+The Bytewax operator (:mod:`pipelines.flow`) only routes batches here and
+snapshots the result; everything that decides *what* a user's features and
+stage are lives in this pure, unit-testable class.
+
+Event time: the shard clock is the newest event time applied. An event older
+than ``clock - allowed_lateness`` is **late**: it is not applied (its effect on
+already-written scores could not be undone in order) and becomes a dead letter
+with reason ``late``. Everything within the lateness is applied exactly,
+whatever its order (see :mod:`pipelines.state`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from pipelines.events import EventColumns, Rejection, RejectReason
+from pipelines.features import compute_features
+from pipelines.stages import StageRules, assign_stages
+from pipelines.state import DAY_MS, NEVER, ShardState
+from pipelines.timers import SilenceTimers
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRows:
+    """Users to (re-)score, with their features as of the shard clock."""
+
+    user_id: npt.NDArray[np.object_]
+    features: npt.NDArray[np.float32]
+    stage: npt.NDArray[np.int8]
+    prev_stage: npt.NDArray[np.int8]  # -1: first time this user is scored
+    last_event_ms: npt.NDArray[np.int64]  # newest event of the user (freshness)
+    version: int  # shard clock (event-time ms): monotonic per user, the ReplacingMergeTree version
+    read_at_ms: int  # wall-clock ms the newest contributing batch was read (0 for timer-only rows)
+
+    def __len__(self) -> int:
+        return int(self.user_id.shape[0])
+
+
+@dataclass(slots=True)
+class ShardResult:
+    """What one activation of a shard produced."""
+
+    rows: FeatureRows | None
+    rejects: list[Rejection] = field(default_factory=list)
+    applied: int = 0
+    timer_rows: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ShardConfig:
+    rules: StageRules = StageRules()
+    allowed_lateness_ms: int = 6 * 3_600_000
+    timer_bucket_ms: int = 3_600_000
+
+
+class ShardProcessor:
+    """State, timers and stage bookkeeping of one shard."""
+
+    def __init__(self, cfg: ShardConfig, state: ShardState | None = None, timers: SilenceTimers | None = None) -> None:
+        self.cfg = cfg
+        self.state = state or ShardState()
+        rules = cfg.rules
+        self.timers = timers or SilenceTimers(
+            (int(rules.dormant_after_days * DAY_MS), int(rules.churned_after_days * DAY_MS)), cfg.timer_bucket_ms
+        )
+
+    # ------------------------------------------------------------------ steps
+
+    def process(self, ev: EventColumns) -> ShardResult:
+        """Apply a batch of events; return the touched users' features and the dead letters."""
+        st = self.state
+        rejects: list[Rejection] = []
+        if len(ev) and st.clock_ms != NEVER:
+            late = ev.ts_ms < st.clock_ms - self.cfg.allowed_lateness_ms
+            if late.any():
+                rejects += ev.rejections(late, RejectReason.LATE, f"older than clock-{self.cfg.allowed_lateness_ms}ms")
+                ev = ev.take(~late)
+        applied = st.apply(ev)
+        if applied.collisions.any():
+            rejects += ev.rejections(applied.collisions, RejectReason.USER_ID_COLLISION, "64-bit user key collision")
+        touched = applied.rows
+        self.timers.schedule(touched, st.ts["last_active_ts"][touched])
+        due = self.timers.pop_due(st.clock_ms)
+        rows = self._emit(touched, due, ev.read_at_ms)
+        n_applied = len(ev) - int(applied.collisions.sum())
+        return ShardResult(rows, rejects, n_applied, int(due.shape[0]))
+
+    def advance(self, clock_ms: int) -> ShardResult:
+        """Move the clock forward without events (idle stream) and fire due timers."""
+        st = self.state
+        if st.clock_ms == NEVER or clock_ms <= st.clock_ms:
+            return ShardResult(None)
+        st.clock_ms = clock_ms
+        due = self.timers.pop_due(clock_ms)
+        return ShardResult(self._emit(np.zeros(0, np.int64), due, 0), timer_rows=int(due.shape[0]))
+
+    def _emit(self, touched: npt.NDArray[np.int64], due: npt.NDArray[np.int64], read_at_ms: int) -> FeatureRows | None:
+        """Features of touched users, plus due users whose stage actually changed."""
+        st = self.state
+        if due.shape[0]:
+            due = due[~np.isin(due, touched)]
+        rows = np.concatenate([touched, due]) if due.shape[0] else touched
+        if rows.shape[0] == 0:
+            return None
+        now = st.clock_ms
+        feats = compute_features(st, rows, now)
+        stage = assign_stages(feats, self.cfg.rules)
+        prev = st.stage[rows].copy()
+        keep = np.ones(rows.shape[0], bool)
+        keep[touched.shape[0] :] = stage[touched.shape[0] :] != prev[touched.shape[0] :]
+        if not keep.all():
+            rows, feats, stage, prev = rows[keep], feats[keep], stage[keep], prev[keep]
+        if rows.shape[0] == 0:
+            return None
+        st.stage[rows] = stage
+        last_ev = np.maximum(st.ts["last_active_ts"][rows], st.ts["last_exit_ts"][rows])
+        return FeatureRows(
+            user_id=st.user_id[rows],
+            features=feats,
+            stage=stage,
+            prev_stage=prev,
+            last_event_ms=last_ev,
+            version=int(now),
+            read_at_ms=read_at_ms,
+        )
+
+    # ------------------------------------------------------------------ recovery
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"state": self.state.snapshot_arrays(), "timers": self.timers.snapshot()}
+
+    @classmethod
+    def restore(cls, cfg: ShardConfig, snap: dict[str, Any]) -> ShardProcessor:
+        return cls(cfg, ShardState.restore(snap["state"]), SilenceTimers.restore(snap["timers"]))
