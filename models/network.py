@@ -67,10 +67,36 @@ def input_x_gradient(model: LifecycleNet, x: torch.Tensor, head: int = 0) -> tup
 
     z is the normalised input, so the baseline is the training mean (z = 0): a
     positive value means "this feature, at this user's value, pushes the logit
-    up compared with an average user". Rows are independent, so one backward
-    pass over the summed logit gives every row's gradient. Returns
-    ``(probabilities, attributions)``.
+    up compared with an average user". For a ReLU MLP the gradient is
+    ``W1^T (m1 * W2^T (m2 * w_head))`` with the ReLU masks of each row, so it is
+    computed here in the same pass as the forward, without autograd (about two
+    forwards' cost; :func:`input_x_gradient_autograd` is the reference).
+    Returns ``(calibrated probabilities, attributions)``.
     """
+    with torch.inference_mode():
+        z = model.transform(x)
+        h = z
+        linears: list[nn.Linear] = []
+        masks: list[torch.Tensor] = []
+        for layer in model.trunk:
+            if isinstance(layer, nn.Linear):
+                h = layer(h)
+                linears.append(layer)
+            elif isinstance(layer, nn.ReLU):
+                m = h > 0
+                h = h * m
+                masks.append(m)
+            elif not isinstance(layer, nn.Dropout):  # dropout is the identity in eval mode
+                raise TypeError(f"input_x_gradient: unsupported layer {type(layer).__name__}")
+        logits = model.head(h) * model.calib_scale + model.calib_bias
+        g = (model.head.weight[head] * model.calib_scale[head]).expand(h.shape[0], -1)
+        for lin, m in zip(reversed(linears), reversed(masks), strict=True):
+            g = (g * m) @ lin.weight
+        return torch.sigmoid(logits), z * g
+
+
+def input_x_gradient_autograd(model: LifecycleNet, x: torch.Tensor, head: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same attribution through autograd: slower, architecture-agnostic; the test oracle."""
     with torch.enable_grad():
         z = model.transform(x).detach().requires_grad_(True)
         logits = model.logits_from_z(z)

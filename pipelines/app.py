@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import torch
 from bytewax.inputs import Source
 from bytewax.recovery import RecoveryConfig
 from bytewax.run import cli_main
@@ -92,6 +93,8 @@ def run_pipeline(
     own_store = store is None
     store = store or open_migrated_store(s)
     try:
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
         scorer = Scorer.from_dir(s.model_dir, device=s.device, max_batch_rows=s.score_batch_rows, metrics=metrics)
         metrics.model_info.info({"version": scorer.model_version, "schema": str(scorer.artifact.meta["schema_hash"])})
         metrics.scoring_device.labels(device=scorer.device.type).set(1)

@@ -43,7 +43,7 @@ def score_records(
     """``user_scores`` rows for every scored user, ``stage_transitions`` for changed stages."""
     n = len(rows)
     stage = _STAGE_NAMES[rows.stage]
-    reasons = pa.array(scores.reasons, type=pa.list_(pa.string()))
+    reasons = scores.reasons
     version = np.full(n, rows.version, np.uint64)
     user_scores = pa.table(
         {

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 import torch
 
 from models.artifact import Artifact, load_artifact
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "artifacts" / "default"
 N_REASONS = 3
+_MAX_CENTS = (1 << 40) - 1  # phrase-cache key packs the value in 40 bits of cents
+_CACHE_MAX = 200_000
 
 
 def resolve_device(name: str) -> torch.device:
@@ -43,7 +46,7 @@ def resolve_device(name: str) -> torch.device:
 class Scores:
     churn_risk: npt.NDArray[np.float32]
     purchase_propensity: npt.NDArray[np.float32]
-    reasons: list[list[str]]
+    reasons: pa.ListArray  # list<string> per row, strongest driver first
 
 
 class Scorer:
@@ -65,7 +68,7 @@ class Scorer:
         self.max_batch_rows = max_batch_rows
         self.metrics = metrics
         self.model_version = artifact.model_version
-        self._phrase_cache: dict[tuple[int, bool, int], str] = {}
+        self._phrase_cache: dict[int, str] = {}
         self._mean_raw = self._raw_means()
 
     @classmethod
@@ -92,7 +95,7 @@ class Scorer:
             features = np.where(bad, 0.0, features).astype(np.float32)
         churn = np.empty(n, np.float32)
         prop = np.empty(n, np.float32)
-        reasons: list[list[str]] = []
+        reasons: list[pa.ListArray] = []
         for i in range(0, n, self.max_batch_rows):
             chunk = features[i : i + self.max_batch_rows]
             t0 = time.perf_counter()
@@ -102,40 +105,47 @@ class Scorer:
             a = attr.cpu().numpy()
             churn[i : i + len(chunk)] = p[:, 0]
             prop[i : i + len(chunk)] = p[:, 1]
-            reasons += self._phrases(chunk, a)
+            reasons.append(self._phrases(chunk, a))
             if self.metrics:
                 self.metrics.scoring_seconds.observe(time.perf_counter() - t0)
                 self.metrics.scoring_batch_rows.observe(len(chunk))
         if self.metrics:
             self.metrics.rows_scored.inc(n)
-        return Scores(churn, prop, reasons)
+        merged = pa.concat_arrays(reasons) if reasons else pa.array([], pa.list_(pa.string()))
+        return Scores(churn, prop, merged)
 
-    def _phrases(self, x: npt.NDArray[np.float32], attr: npt.NDArray[np.float32]) -> list[list[str]]:
-        """Top churn drivers per row as short phrases (only features that raise the risk)."""
+    def _phrases(self, x: npt.NDArray[np.float32], attr: npt.NDArray[np.float32]) -> pa.ListArray:
+        """Top churn drivers per row as short phrases (only features that raise the risk).
+
+        Vectorised: rows share few distinct (feature, direction, value) triples,
+        so each distinct phrase is formatted once (and cached across batches) and
+        the per-row lists are assembled as an Arrow list array without a Python
+        loop over rows.
+        """
+        n = x.shape[0]
         k = min(N_REASONS, attr.shape[1])
         top = np.argpartition(-attr, k - 1, axis=1)[:, :k]
         top_attr = np.take_along_axis(attr, top, axis=1)
         order = np.argsort(-top_attr, axis=1)
         top = np.take_along_axis(top, order, axis=1)
         top_attr = np.take_along_axis(top_attr, order, axis=1)
-        vals = np.take_along_axis(x, top, axis=1)
+        vals = np.take_along_axis(x, top, axis=1).astype(np.float64)
         high = vals >= self._mean_raw[top]
+        valid = top_attr > 0  # sorted descending, so the valid ones are a prefix of each row
+        cents = np.clip(np.round(vals * 100), 0, _MAX_CENTS).astype(np.int64)
+        keys = ((top.astype(np.int64) * 2 + high) << 40) + cents
+        uniq, inv = np.unique(keys[valid], return_inverse=True)
         cache = self._phrase_cache
-        out: list[list[str]] = []
-        for r in range(x.shape[0]):
-            row: list[str] = []
-            for j in range(k):
-                if top_attr[r, j] <= 0:
-                    break
-                f = int(top[r, j])
-                v = float(vals[r, j])
-                key = (f, bool(high[r, j]), int(round(v * 100)))
-                phrase = cache.get(key)
-                if phrase is None:
-                    spec = REGISTRY[f]
-                    phrase = (spec.high if high[r, j] else spec.low).format(v=v)
-                    if len(cache) < 200_000:
-                        cache[key] = phrase
-                row.append(phrase)
-            out.append(row)
-        return out
+        phrases = np.empty(uniq.shape[0], dtype=object)
+        for i, key in enumerate(uniq.tolist()):
+            phrase = cache.get(key)
+            if phrase is None:
+                f, is_high, v = key >> 41, (key >> 40) & 1, (key & _MAX_CENTS) / 100
+                spec = REGISTRY[f]
+                phrase = (spec.high if is_high else spec.low).format(v=v)
+                if len(cache) < _CACHE_MAX:
+                    cache[key] = phrase
+            phrases[i] = phrase
+        offsets = np.zeros(n + 1, np.int32)
+        np.cumsum(valid.sum(axis=1), out=offsets[1:])
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(phrases[inv], pa.string()))

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     model_dir: Path = Field(DEFAULT_MODEL, description="model artifact directory")
     sql_dir: Path = Field(DEFAULT_SQL, description="directory of numbered .sql migrations")
     device: str = Field("auto", description="torch device for scoring: auto | cpu | cuda[:N]")
+    torch_threads: int = Field(
+        1, ge=0, description="intra-op CPU threads for scoring (0 = torch default); 1 avoids thrashing on small hosts"
+    )
     metrics_host: str = Field("127.0.0.1", description="bind address of the Prometheus endpoint")
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus port (0 disables)")
     shards: int = Field(4, ge=1, le=4096, description="state shards (Bytewax keys)")

@@ -363,7 +363,7 @@ class _Sim:
         self.stage[existing] = rng.choice([_GROWING, _MATURE, _DORMANT], size=int(existing.sum()), p=_EXISTING_STAGE_P)
         self.exited = np.zeros(n, bool)
         self.exit_ts = np.full(n, np.iinfo(np.int64).max, np.int64)
-        self.reg_ts = np.zeros(n, np.int64)
+        self.onboard_ts = np.zeros(n, np.int64)  # follow/add_contact time of new users
         # Horizon labels.
         self.h_any = np.zeros(n, bool)
         self.h_order = np.zeros(n, bool)
@@ -439,6 +439,7 @@ class _Sim:
     # ---- one window day, materialised
 
     def window_day(self, day: int, buf: _EventBuf) -> None:
+        """Simulate one window day and append its events (and their follow-ups) to ``buf``."""
         rng = self.rng
         promo = day in self.promo
         day_start = self.start_ms + day * DAY_MS
@@ -449,14 +450,17 @@ class _Sim:
             ch = self.channel[leave]
             buf.add(leave, ts, _EXIT_TYPE_BY_CHANNEL[ch], ch)
 
-        # Acquisition: register, then follow/add_contact within two minutes.
+        # Acquisition: register, then follow/add_contact within two minutes, both
+        # early enough that the whole onboarding stays on the acquisition day.
         acq = np.flatnonzero(self.acq_day == day)
         self.stage[acq] = _NEW
-        reg_ts = self.times(day, acq.shape[0])
-        self.reg_ts[acq] = reg_ts
+        squeeze = DAY_MS - 5 * 60_000  # keep the daily cycle, end 5 min before midnight
+        reg_ts = day_start + (self.times(day, acq.shape[0]) - day_start) * squeeze // DAY_MS
+        follow_ts = reg_ts + rng.integers(1_000, 120_000, size=acq.shape[0])
+        self.onboard_ts[acq] = follow_ts
         ch = self.channel[acq]
         buf.add(acq, reg_ts, np.full(acq.shape[0], _T["register"], np.int8), ch)
-        buf.add(acq, reg_ts + rng.integers(1_000, 120_000, size=acq.shape[0]), _ACQ_TYPE_BY_CHANNEL[ch], ch)
+        buf.add(acq, follow_ts, _ACQ_TYPE_BY_CHANNEL[ch], ch)
 
         # Ordinary activity.
         active, n_ev = self.counts(day)
@@ -464,10 +468,10 @@ class _Sim:
         k = users.shape[0]
         types = _sample_rows(rng, self.row_key(users), _TYPE_CDF[promo], _N_TYPES)
         ts = self.times(day, k)
-        # On the acquisition day everything happens after the registration.
+        # On the acquisition day everything happens after the onboarding.
         fresh = self.acq_day[users] == day
         if fresh.any():
-            r = self.reg_ts[users[fresh]]
+            r = self.onboard_ts[users[fresh]]
             ts[fresh] = r + 1 + (rng.random(int(fresh.sum())) * (day_end - r - 1)).astype(np.int64)
         home = rng.random(k) < _HOME_CHANNEL_P
         chans = np.where(home, self.channel[users], rng.choice(len(CHANNELS), size=k, p=_ACQ_CH_P)).astype(np.int8)
@@ -544,7 +548,8 @@ def simulate(cfg: SimConfig) -> SimResult:
     # An explicit exit is final: drop follow-ups (refunds, redemptions) scheduled after it.
     keep = ts <= sim.exit_ts[user]
     in_window = keep & (ts < sim.end_ms)
-    spill = keep & ~in_window  # follow-ups that land in the horizon count for the labels
+    # Follow-ups that land in the horizon count for the labels.
+    spill = keep & ~in_window & (ts < sim.end_ms + cfg.horizon_days * DAY_MS)
     sim.h_any[user[spill]] = True
     sim.h_order[user[spill & (typ == _T["order"])]] = True
 
@@ -597,7 +602,11 @@ def simulate(cfg: SimConfig) -> SimResult:
 
 # --------------------------------------------------------------------------- serialisation
 
+#: Rows serialised per polars call: big enough to amortise the call, small enough
+#: to keep a chunk's bytes (~30 MB) in memory.
 _NDJSON_CHUNK_ROWS = 262_144
+#: Key order of the wire objects (the contract order of ``docs/events.md``).
+_WIRE_COLUMNS = ("event_id", "user_id", "ts", "type", "channel", "amount")
 
 
 def to_ndjson_bytes(events: pl.DataFrame) -> bytes:
@@ -607,9 +616,6 @@ def to_ndjson_bytes(events: pl.DataFrame) -> bytes:
     buf = io.BytesIO()
     events.select(_WIRE_COLUMNS).write_ndjson(buf)
     return buf.getvalue()
-
-
-_WIRE_COLUMNS = ("event_id", "user_id", "ts", "type", "channel", "amount")
 
 
 def _ndjson_chunks(events: pl.DataFrame, chunk_rows: int) -> Iterator[bytes]:

@@ -1,0 +1,232 @@
+"""KafkaBatchSource against a real Kafka-protocol broker (tansu, started by the suite)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from pipelines.events import RawBatch
+from pipelines.io.kafka import KafkaBatchSource, KafkaSourceError, key_by_user_id, parse_kafka_url, produce_lines
+
+pytestmark = pytest.mark.integration
+
+STEP = "events"
+
+
+def _lines(n: int, tag: str = "m") -> list[bytes]:
+    return [json.dumps({"tag": tag, "i": i}).encode() for i in range(n)]
+
+
+def _index_key(line: bytes) -> bytes:
+    return str(json.loads(line)["i"]).encode()
+
+
+def _drain(part, *, timeout_s: float = 15.0) -> list[RawBatch]:
+    """next_batch until StopIteration (eof_exit sources), honouring next_awake like Bytewax would."""
+    out: list[RawBatch] = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert time.monotonic() < deadline, "partition did not reach its end in time"
+        try:
+            out.extend(part.next_batch())
+        except StopIteration:
+            return out
+        awake = part.next_awake()
+        if awake is not None:
+            time.sleep(max(0.0, awake.timestamp() - time.time()))
+
+
+def _records(batches: list[RawBatch]) -> list[tuple[int, bytes]]:
+    return [(int(o), p) for b in batches for o, p in zip(b.offsets, b.payloads, strict=True)]
+
+
+def _read_all(source: KafkaBatchSource) -> dict[int, list[RawBatch]]:
+    out = {}
+    for name in source.list_parts():
+        part = source.build_part(STEP, name, None)
+        try:
+            out[int(name.rpartition("-")[2])] = _drain(part)
+        finally:
+            part.close()
+    return out
+
+
+def test_source_reads_every_produced_message_once_in_offset_order(kafka_broker) -> None:
+    topic = kafka_broker.create_topic(partitions=3)
+    lines = _lines(3000)
+    assert produce_lines(kafka_broker.bootstrap, topic, lines, key_fn=_index_key) == len(lines)
+
+    source = KafkaBatchSource(kafka_broker.bootstrap, topic, batch_events=400, eof_exit=True)
+    assert source.list_parts() == [f"{topic}-0", f"{topic}-1", f"{topic}-2"]
+    by_part = _read_all(source)
+
+    seen: list[bytes] = []
+    for p, batches in by_part.items():
+        assert batches, f"partition {p} got nothing: keys did not spread"
+        for b in batches:
+            assert (b.source, b.partition) == (topic, p)
+            assert 0 < len(b.payloads) <= 400
+            assert b.offsets.dtype.name == "int64" and b.read_at_ms > 0
+        recs = _records(batches)
+        assert [o for o, _ in recs] == list(range(len(recs))), "offsets not contiguous and ascending"
+        idx = [json.loads(v)["i"] for _, v in recs]
+        assert idx == sorted(idx), "a partition's records are not in production order"
+        seen += [v for _, v in recs]
+    assert Counter(seen) == Counter(lines)
+
+
+def test_resume_starts_after_the_snapshotted_offset(kafka_broker) -> None:
+    topic = kafka_broker.create_topic(partitions=1)
+    first = _lines(2000, "a")
+    produce_lines(kafka_broker.bootstrap, topic, first)
+    source = KafkaBatchSource(kafka_broker.bootstrap, topic, batch_events=300, eof_exit=True)
+    (name,) = source.list_parts()
+
+    part = source.build_part(STEP, name, None)
+    before: list[tuple[int, bytes]] = []
+    deadline = time.monotonic() + 10
+    while len(before) < 700:
+        assert time.monotonic() < deadline
+        before += _records(part.next_batch())
+    state = part.snapshot()
+    part.close()
+    assert state == before[-1][0] + 1
+
+    later = _lines(500, "b")  # produced while "down": must be read after the resume
+    produce_lines(kafka_broker.bootstrap, topic, later)
+
+    resumed = source.build_part(STEP, name, state)
+    after = _records(_drain(resumed))
+    end_state = resumed.snapshot()
+    resumed.close()
+
+    assert after[0][0] == state, "re-read or skipped records at the resume point"
+    assert [o for o, _ in before + after] == list(range(len(first) + len(later)))
+    assert [v for _, v in before + after] == first + later
+    assert end_state == len(first) + len(later)
+
+
+def test_resume_at_the_end_reads_only_new_records(kafka_broker) -> None:
+    topic = kafka_broker.create_topic(partitions=1)
+    produce_lines(kafka_broker.bootstrap, topic, _lines(100))
+    source = KafkaBatchSource(kafka_broker.bootstrap, topic, eof_exit=True)
+    (name,) = source.list_parts()
+    part = source.build_part(STEP, name, None)
+    assert len(_records(_drain(part))) == 100
+    state = part.snapshot()
+    part.close()
+    assert state == 100
+
+    part = source.build_part(STEP, name, state)
+    assert _drain(part) == [] and part.snapshot() == 100  # caught up: ends without re-reading
+    part.close()
+
+
+def test_caught_up_partition_without_eof_exit_waits_and_then_reads_new_records(kafka_broker) -> None:
+    topic = kafka_broker.create_topic(partitions=1)
+    produce_lines(kafka_broker.bootstrap, topic, _lines(10, "a"))
+    source = KafkaBatchSource(kafka_broker.bootstrap, topic, eof_exit=False)
+    (name,) = source.list_parts()
+    part = source.build_part(STEP, name, None)
+    try:
+        got: list[tuple[int, bytes]] = []
+        polls_idle = 0
+        deadline = time.monotonic() + 10
+        while polls_idle < 5:  # past the end: empty polls, a back-off, no StopIteration
+            assert time.monotonic() < deadline
+            batch = part.next_batch()
+            got += _records(batch)
+            if not batch and len(got) == 10:
+                polls_idle += 1
+                awake = part.next_awake()
+                assert awake is not None and awake.timestamp() > time.time()
+        produce_lines(kafka_broker.bootstrap, topic, _lines(5, "b"))
+        while len(got) < 15:
+            assert time.monotonic() < deadline
+            got += _records(part.next_batch())
+        assert [o for o, _ in got] == list(range(15))
+    finally:
+        part.close()
+
+
+def test_missing_topic_is_a_clear_error_and_is_not_created(kafka_broker) -> None:
+    source = KafkaBatchSource(kafka_broker.bootstrap, "no-such-topic", eof_exit=True)
+    with pytest.raises(KafkaSourceError, match=r"'no-such-topic' does not exist on broker\(s\) 127\.0\.0\.1:"):
+        source.list_parts()
+    with pytest.raises(KafkaSourceError, match="does not exist"):
+        source.list_parts()  # still missing: listing did not auto-create it
+
+
+def test_unreachable_broker_is_a_clear_error() -> None:
+    source = KafkaBatchSource("127.0.0.1:1", "events", metadata_timeout_s=1.0)
+    with pytest.raises(KafkaSourceError, match=r"cannot reach Kafka broker\(s\) 127\.0\.0\.1:1 .*'events'"):
+        source.list_parts()
+
+
+def test_kafka_url_names_brokers_and_topic() -> None:
+    assert parse_kafka_url("kafka://a:9092,b:9093/events") == ("a:9092,b:9093", "events")
+    for bad in ("kafka://a:9092", "kafka:///events", "kafka://a/events", "http://a:1/events", "kafka://a:1/x/y"):
+        with pytest.raises(ValueError):
+            parse_kafka_url(bad)
+
+
+def test_pipeline_consumes_topic_into_store(kafka_broker, tmp_path: Path) -> None:
+    from pipelines.app import run_pipeline
+    from pipelines.io.store import ChdbStore
+    from pipelines.settings import Settings
+    from pipelines.simulate import SimConfig, iter_ndjson_batches, simulate
+
+    sim = simulate(SimConfig(users=300, days=10, seed=5))
+    good = [line for batch in iter_ndjson_batches(sim.events, 10_000) for line in batch]
+    ts = int(sim.events["ts"][len(good) // 2])
+    bad = {  # payload -> the reason it must be rejected with
+        b'{"event_id":"x1","user_id":"bad-1","ts":' + str(ts).encode() + b',"type":"order"': "malformed_json",
+        json.dumps(
+            {"event_id": "x2", "user_id": "bad-2", "ts": ts, "type": "teleport", "channel": "wecom", "amount": None}
+        ).encode(): "unknown_event_type",
+        json.dumps(
+            {"event_id": "x3", "user_id": "bad-3", "ts": ts, "type": "order", "channel": "app", "amount": -5.0}
+        ).encode(): "negative_amount",
+    }
+    lines = good[: len(good) // 2] + list(bad) + good[len(good) // 2 :]
+    topic = kafka_broker.create_topic(partitions=2)
+    assert produce_lines(kafka_broker.bootstrap, topic, lines, key_fn=key_by_user_id) == len(lines)
+
+    settings = Settings(
+        input=f"kafka://{kafka_broker.bootstrap}/{topic}",
+        store=f"chdb://{tmp_path}/s.chdb",
+        kafka_eof_exit=True,
+        metrics_port=0,
+        shards=2,
+    )
+    result = run_pipeline(settings, registry=CollectorRegistry(), serve_metrics=False)
+
+    assert result.events_in == len(lines)
+    assert result.events_applied + sum(result.rejected.values()) == result.events_in
+    assert result.rejected == {"malformed_json": 1, "unknown_event_type": 1, "negative_amount": 1}
+
+    # Where each record really is, read back through the source itself.
+    positions = {
+        payload: (p, off)
+        for p, batches in _read_all(KafkaBatchSource(kafka_broker.bootstrap, topic, eof_exit=True)).items()
+        for off, payload in _records(batches)
+    }
+    store = ChdbStore(tmp_path / "s.chdb")
+    try:
+        users = store.query("SELECT count() AS n FROM user_scores FINAL").column("n")[0].as_py()
+        rejected = store.query(
+            "SELECT reason, source, partition, offset, payload FROM rejected_events FINAL ORDER BY reason"
+        ).to_pylist()
+    finally:
+        store.close()
+    assert users == sim.events["user_id"].n_unique()
+    assert len(rejected) == 3
+    for row in rejected:
+        payload = row["payload"].encode() if isinstance(row["payload"], str) else row["payload"]
+        assert row["reason"] == bad[payload]
+        assert (row["source"], row["partition"], row["offset"]) == (topic, *positions[payload])
