@@ -19,6 +19,7 @@ sink, at the end; the steps in between are pure.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,7 +31,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
 
-from pipelines.events import Decoded, DecodeLimits, EventColumns, RawBatch, decode_batch
+from pipelines.events import Decoded, DecodeLimits, EventColumns, RawBatch, Rejection, decode_batch
 from pipelines.io.sinks import StoreSink
 from pipelines.io.store import Store
 from pipelines.metrics import PipelineMetrics
@@ -57,27 +58,26 @@ def shard_of(user_key: np.ndarray, shards: int) -> np.ndarray:
     return (user_key.view(np.uint64) % np.uint64(shards)).astype(np.int64)
 
 
-def split_by_shard(ev: EventColumns, shards: int) -> list[tuple[str, tuple[str, EventColumns]]]:
-    """One sub-batch per shard present in ``ev``, keyed ``"s0"``, ``"s1"``, ...
+def split_by_shard(ev: EventColumns, shards: int) -> list[tuple[str, tuple[str, EventColumns, int]]]:
+    """One sub-batch for *every* shard, keyed ``"s0"``, ``"s1"``, ...
 
-    The value repeats the key because Bytewax builds stateful logic from the
-    resume state alone; the logic learns its shard name from its first item.
+    Every shard gets an item, empty or not, carrying the batch's newest event
+    time: a shard whose users all fell silent must still see time pass, or its
+    silence timers would never fire. The value repeats the key because Bytewax
+    builds stateful logic from the resume state alone.
     """
     if len(ev) == 0:
         return []
+    clock = int(ev.ts_ms.max())
     if shards == 1:
-        return [("s0", ("s0", ev))]
+        return [("s0", ("s0", ev, clock))]
     sh = shard_of(ev.user_key, shards)
     order = np.argsort(sh, kind="stable")
     bounds = np.searchsorted(sh[order], np.arange(shards + 1))
-    return [
-        (f"s{k}", (f"s{k}", ev.take(order[bounds[k] : bounds[k + 1]])))
-        for k in range(shards)
-        if bounds[k + 1] > bounds[k]
-    ]
+    return [(f"s{k}", (f"s{k}", ev.take(order[bounds[k] : bounds[k + 1]]), clock)) for k in range(shards)]
 
 
-class ShardLogic(StatefulLogic[tuple[str, EventColumns], ShardResult, dict[str, Any]]):
+class ShardLogic(StatefulLogic[tuple[str, EventColumns, int], ShardResult, dict[str, Any]]):
     """Bytewax glue around :class:`ShardProcessor` (one per shard key)."""
 
     def __init__(
@@ -90,9 +90,9 @@ class ShardLogic(StatefulLogic[tuple[str, EventColumns], ShardResult, dict[str, 
         self.clock = clock
         self._last_item_wall = clock()
 
-    def on_item(self, value: tuple[str, EventColumns]) -> tuple[Iterable[ShardResult], bool]:
-        self.key, events = value
-        res = self.proc.process(events)
+    def on_item(self, value: tuple[str, EventColumns, int]) -> tuple[Iterable[ShardResult], bool]:
+        self.key, events, clock_hint = value
+        res = self.proc.process(events, clock_hint_ms=clock_hint)
         self._last_item_wall = self.clock()
         self._observe(res)
         return [res], StatefulLogic.RETAIN
@@ -121,6 +121,7 @@ class ShardLogic(StatefulLogic[tuple[str, EventColumns], ShardResult, dict[str, 
     def _observe(self, res: ShardResult) -> None:
         m = self.metrics
         m.events_applied.inc(res.applied)
+        count_rejects(m, res.rejects)
         m.timer_rows.inc(res.timer_rows)
         m.batches.labels(step="state").inc()
         st = self.proc.state
@@ -169,6 +170,7 @@ def build_flow(
     def decode(batch: RawBatch) -> Decoded:
         d = decode_batch(batch, now_ms=int(clock() * 1000), limits=cfg.limits)
         in_counter.inc(d.total)
+        count_rejects(metrics, d.rejects)
         metrics.batches.labels(step="decode").inc()
         if on_batch is not None:
             on_batch(d.total)
@@ -204,3 +206,9 @@ def count_transitions(metrics: PipelineMetrics, prev: np.ndarray, stage: np.ndar
     pairs, counts = np.unique(np.stack([prev[changed], stage[changed]]), axis=1, return_counts=True)
     for (a, b), c in zip(pairs.T, counts, strict=True):
         metrics.transitions.labels(from_stage=STAGES[a] if a >= 0 else "none", to_stage=STAGES[b]).inc(int(c))
+
+
+def count_rejects(metrics: PipelineMetrics, rejects: list[Rejection]) -> None:
+    """Count dead letters by reason (bounded label set: :class:`RejectReason`)."""
+    for reason, n in Counter(r.reason.value for r in rejects).items():
+        metrics.events_rejected.labels(reason=reason).inc(n)

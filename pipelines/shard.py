@@ -72,8 +72,13 @@ class ShardProcessor:
 
     # ------------------------------------------------------------------ steps
 
-    def process(self, ev: EventColumns) -> ShardResult:
-        """Apply a batch of events; return the touched users' features and the dead letters."""
+    def process(self, ev: EventColumns, clock_hint_ms: int | None = None) -> ShardResult:
+        """Apply a batch of events; return the touched users' features and the dead letters.
+
+        ``clock_hint_ms`` is the newest event time of the whole input batch (all
+        shards): it moves this shard's clock even when none of its own users
+        spoke, so their silence timers still fire.
+        """
         st = self.state
         rejects: list[Rejection] = []
         if len(ev) and st.clock_ms != NEVER:
@@ -82,6 +87,8 @@ class ShardProcessor:
                 rejects += ev.rejections(late, RejectReason.LATE, f"older than clock-{self.cfg.allowed_lateness_ms}ms")
                 ev = ev.take(~late)
         applied = st.apply(ev)
+        if clock_hint_ms is not None and clock_hint_ms > st.clock_ms and st.n:
+            st.clock_ms = clock_hint_ms
         if applied.collisions.any():
             rejects += ev.rejections(applied.collisions, RejectReason.USER_ID_COLLISION, "64-bit user key collision")
         touched = applied.rows

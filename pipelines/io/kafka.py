@@ -107,7 +107,8 @@ def _labels(offset: int) -> str:
 
 class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
     """One Kafka partition. State = offset of the next record to read (may be a logical offset,
-    ``OFFSET_BEGINNING``/``OFFSET_END``, until the first record or end-of-partition resolves it)."""
+    ``OFFSET_BEGINNING``/``OFFSET_END``, until the first record or end-of-partition resolves it).
+    """
 
     def __init__(
         self,
@@ -312,7 +313,8 @@ _USER_ID_DECODER = msgspec.json.Decoder(_UserIdOnly)
 
 def key_by_user_id(line: bytes) -> bytes | None:
     """Partition key of an NDJSON event: its ``user_id`` (one user's events stay in one
-    partition, in order). Lines without a readable user id get no key (any partition)."""
+    partition, in order). Lines without a readable user id get no key (any partition).
+    """
     try:
         return _USER_ID_DECODER.decode(line).user_id.encode()
     except (msgspec.DecodeError, UnicodeDecodeError):

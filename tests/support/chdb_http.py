@@ -42,6 +42,7 @@ headers. chDB allows one data directory per process, so at most one server
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
@@ -207,13 +208,16 @@ class _Engine:
         self.timezone = tz
         rows = self.conn.query("SELECT name, value FROM system.settings", "TabSeparated").bytes().decode()
         self.defaults: dict[str, str] = dict(
-            line.split("\t", 1) for line in rows.splitlines() if "\t" in line  # TSV-escaped, compared as such
+            line.split("\t", 1)
+            for line in rows.splitlines()
+            if "\t" in line  # TSV-escaped, compared as such
         )
         self.applied: dict[str, str] = {}
         self.database: str | None = "default"
 
     def _scalar_row(self, sql: str) -> list[str]:
-        return self.conn.query(sql, "TabSeparated").bytes().decode().rstrip("\n").split("\t")
+        text: str = self.conn.query(sql, "TabSeparated").bytes().decode()
+        return text.rstrip("\n").split("\t")
 
     def close(self) -> None:
         with self.lock:
@@ -345,8 +349,11 @@ class _Handler(BaseHTTPRequestHandler):
                 headers["Content-Encoding"] = coding
         log.debug(
             "%s %s content-encoding=%s -> %d bytes, %s",
-            self.command, (params.get("query") or body[:60].decode(errors="replace")).replace("\n", " ")[:80],
-            self.headers.get("Content-Encoding"), len(out), headers.get("Content-Encoding", "identity"),
+            self.command,
+            (params.get("query") or body[:60].decode(errors="replace")).replace("\n", " ")[:80],
+            self.headers.get("Content-Encoding"),
+            len(out),
+            headers.get("Content-Encoding", "identity"),
         )
         self._reply(200, out, headers)
 
@@ -381,12 +388,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not ctype.startswith("multipart/form-data"):
             return body
         msg = BytesParser(policy=HTTP_POLICY).parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + body)
-        for part in msg.iter_parts():  # type: ignore[attr-defined]
+        for part in msg.iter_parts():
             name = part.get_param("name", header="content-disposition")
             if part.get_filename():
                 raise ServerError(NOT_IMPLEMENTED, f"external data ({name}) is not served", "NOT_IMPLEMENTED")
-            payload = part.get_payload(decode=True) or b""
-            params[str(name)] = payload.decode()
+            payload = part.get_payload(decode=True)
+            params[str(name)] = payload.decode() if isinstance(payload, bytes) else ""
         return b""
 
     def _reply(self, status: int, out: bytes, headers: dict[str, str], *, head: bool = False) -> None:
@@ -481,10 +488,8 @@ class ChdbHttpServer:
             with httpd.connections_lock:
                 conns = list(httpd.connections)
             for conn in conns:
-                try:
+                with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
         if thread is not None:
             thread.join(timeout=5)
         if engine is not None:
@@ -558,7 +563,12 @@ class ChdbHttpServer:
             "Content-Type": _CONTENT_TYPES.get(fmt, "application/octet-stream"),
             "X-ClickHouse-Timezone": engine.applied.get("session_timezone", engine.timezone),
             "X-ClickHouse-Summary": _summary(
-                res.rows_read(), res.bytes_read(), res.rows_written(), res.bytes_written(), 0, len(out),
+                res.rows_read(),
+                res.bytes_read(),
+                res.rows_written(),
+                res.bytes_written(),
+                0,
+                len(out),
                 time.perf_counter() - t0,
             ),
         }
@@ -568,7 +578,12 @@ class ChdbHttpServer:
 
 
 def _summary(
-    read_rows: int, read_bytes: int, written_rows: int, written_bytes: int, result_rows: int, result_bytes: int,
+    read_rows: int,
+    read_bytes: int,
+    written_rows: int,
+    written_bytes: int,
+    result_rows: int,
+    result_bytes: int,
     elapsed: float,
 ) -> str:
     return json.dumps(
