@@ -69,8 +69,9 @@ def fit(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     best, best_state, bad, history = math.inf, None, 0, []
-    epoch = 0
+    epochs_run = 0
     for epoch in range(1, cfg.epochs + 1):
+        epochs_run = epoch
         model.train()
         order = torch.from_numpy(gen.permutation(xt.shape[0]))
         for i in range(0, xt.shape[0], cfg.batch_size):
@@ -93,7 +94,7 @@ def fit(
     model.load_state_dict(best_state)
     model.eval()
     calibrate(model, xv, yv)
-    return model, FitReport(epoch, best, tuple(float(p) for p in pos), history)
+    return model, FitReport(epochs_run, best, tuple(float(p) for p in pos), history)
 
 
 def calibrate(model: LifecycleNet, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -105,7 +106,9 @@ def calibrate(model: LifecycleNet, x: torch.Tensor, y: torch.Tensor) -> None:
         b = torch.zeros(1, requires_grad=True)
         opt = torch.optim.LBFGS([a, b], lr=0.5, max_iter=100)
 
-        def closure(h: int = h, a: torch.Tensor = a, b: torch.Tensor = b) -> torch.Tensor:
+        def closure(
+            h: int = h, a: torch.Tensor = a, b: torch.Tensor = b, opt: torch.optim.LBFGS = opt
+        ) -> torch.Tensor:
             opt.zero_grad()
             loss = nn.functional.binary_cross_entropy_with_logits(logits[:, h] * a + b, y[:, h])
             loss.backward()

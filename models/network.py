@@ -17,6 +17,14 @@ HEADS: tuple[str, ...] = ("churn_risk", "purchase_propensity")
 class LifecycleNet(nn.Module):
     """MLP trunk shared by two logistic heads (churn risk, purchase propensity)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+    log_mask: torch.Tensor
+    calib_scale: torch.Tensor
+    calib_bias: torch.Tensor
+    trunk: nn.Sequential
+    head: nn.Linear
+
     def __init__(self, n_features: int, hidden: tuple[int, ...] = (128, 64), dropout: float = 0.1) -> None:
         super().__init__()
         if n_features <= 0:

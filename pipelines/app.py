@@ -104,8 +104,14 @@ def run_pipeline(
         if on_source is not None:
             on_source(expected)
         flow = build_flow(
-            source, store=store, scorer=scorer, metrics=metrics, cfg=flow_config(s), source_kind=kind,
-            clock=clock, on_batch=on_batch,
+            source,
+            store=store,
+            scorer=scorer,
+            metrics=metrics,
+            cfg=flow_config(s),
+            source_kind=kind,
+            clock=clock,
+            on_batch=on_batch,
         )
         recovery = RecoveryConfig(str(s.recovery_dir)) if s.recovery_dir else None
         if s.recovery_dir:

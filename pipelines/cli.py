@@ -59,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     for flag, name in _RUN_FLAGS.items():
         f = fields[name]
         run.add_argument(
-            flag, dest=name, default=None, metavar=name.upper(),
+            flag,
+            dest=name,
+            default=None,
+            metavar=name.upper(),
             help=f"{f.description} (default: {f.default}) [env: LIFECYCLE_{name.upper()}]",
         )
     run.add_argument("--summary", action="store_true", help="print a summary of the store after the run")
@@ -110,7 +113,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     if args.progress:
         progress = Progress(
-            TextColumn("[bold]events"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+            TextColumn("[bold]events"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
             transient=False,
         )
         task = progress.add_task("events", total=None)
@@ -139,8 +146,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from pipelines.simulate import SimConfig, simulate, write_jsonl, write_truth_csv
 
-    res = simulate(SimConfig(users=args.users, days=args.days, seed=args.seed, start=args.start,
-                             horizon_days=args.horizon_days))
+    res = simulate(
+        SimConfig(users=args.users, days=args.days, seed=args.seed, start=args.start, horizon_days=args.horizon_days)
+    )
     n = write_jsonl(res.events, args.out)
     truth = args.truth or args.out.with_name(args.out.name.split(".")[0] + ".truth.csv")
     write_truth_csv(res.truth, truth)
@@ -161,17 +169,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     as_of_ms = _date_ms(args.as_of)
     events, rejected = load_events(args.events, now_ms=int(time.time() * 1000) + 10 * 365 * 86_400_000)
     ts = build_training_set(events, as_of_ms=as_of_ms, horizon_days=args.horizon_days, origins=args.origins)
-    print(f"training set: {ts.x.shape[0]:,} rows x {ts.x.shape[1]} features from {len(events):,} events "
-          f"({rejected:,} rejected), origins {len(ts.origins_ms)}, positive rates {ts.y.mean(0).round(3).tolist()}")
+    print(
+        f"training set: {ts.x.shape[0]:,} rows x {ts.x.shape[1]} features from {len(events):,} events "
+        f"({rejected:,} rejected), origins {len(ts.origins_ms)}, positive rates {ts.y.mean(0).round(3).tolist()}"
+    )
     model, report = fit(ts.x, ts.y, LOG_MASK, FitConfig(epochs=args.epochs, seed=args.seed))
     version = args.model_version or f"lsm-{args.as_of}-h{args.horizon_days}"
     save_artifact(
-        model, args.out, model_version=version, feature_names=FEATURE_NAMES, schema_hash=schema_hash(),
-        horizon_days=args.horizon_days, data_fingerprint=ts.fingerprint,
-        metrics={"best_val_loss": report.best_val_loss, "epochs": report.epochs_run,
-                 "pos_rate": list(report.pos_rate), "rows": int(ts.x.shape[0])},
-        extra={"as_of": args.as_of, "origins_ms": list(ts.origins_ms), "train_events": int(len(events)),
-               "label_means": np.round(ts.y.mean(0), 4).tolist()},
+        model,
+        args.out,
+        model_version=version,
+        feature_names=FEATURE_NAMES,
+        schema_hash=schema_hash(),
+        horizon_days=args.horizon_days,
+        data_fingerprint=ts.fingerprint,
+        metrics={
+            "best_val_loss": report.best_val_loss,
+            "epochs": report.epochs_run,
+            "pos_rate": list(report.pos_rate),
+            "rows": int(ts.x.shape[0]),
+        },
+        extra={
+            "as_of": args.as_of,
+            "origins_ms": list(ts.origins_ms),
+            "train_events": int(len(events)),
+            "label_means": np.round(ts.y.mean(0), 4).tolist(),
+        },
     )
     print(f"saved model {version} to {args.out} (val loss {report.best_val_loss:.4f}, {report.epochs_run} epochs)")
     return 0

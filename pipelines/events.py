@@ -84,7 +84,8 @@ MAX_USER_ID_CHARS = 128
 
 class RejectReason(enum.StrEnum):
     """Why an event was not applied. The values are stable: they are metric labels
-    and the ``reason`` column of ``rejected_events``."""
+    and the ``reason`` column of ``rejected_events``.
+    """
 
     MALFORMED_JSON = "malformed_json"
     MISSING_FIELD = "missing_field"
@@ -365,7 +366,9 @@ def decode_batch(raw: RawBatch, *, now_ms: int, limits: DecodeLimits = DecodeLim
     monetary = (types == TYPE_CODE["order"]) | (types == TYPE_CODE["refund"])
     amount = np.where(monetary, amount, 0.0)
 
-    user_ids, uid_bad = _normalise_user_ids([e.user_id for e in wire]) if m else (np.zeros(0, object), np.zeros(0, bool))
+    user_ids, uid_bad = (
+        _normalise_user_ids([e.user_id for e in wire]) if m else (np.zeros(0, object), np.zeros(0, bool))
+    )
 
     # Order of checks = priority of reasons when an event has several faults.
     checks: list[tuple[npt.NDArray[np.bool_], RejectReason]] = [
@@ -423,4 +426,3 @@ def _detail(reason: RejectReason, e: _WireEvent) -> str:
     if reason in (RejectReason.BAD_TIMESTAMP, RejectReason.FUTURE_TIMESTAMP):
         return f"ts={str(e.ts)[:64]}"
     return ""
-

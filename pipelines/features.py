@@ -105,38 +105,134 @@ def _build_registry() -> tuple[FeatureSpec, ...]:
             )
         )
     specs += [
-        FeatureSpec("days_since_active", "days since the last activity (capped at 365)", "days", False,
-                    "active {v:.0f} days ago", "no activity for {v:.0f} days"),
-        FeatureSpec("days_since_order", "days since the last order (365 if never)", "days", False,
-                    "ordered {v:.0f} days ago", "no order for {v:.0f} days"),
-        FeatureSpec("days_since_message", "days since the last message read/click (365 if never)", "days", False,
-                    "read a message {v:.0f} days ago", "no message read for {v:.0f} days"),
-        FeatureSpec("days_since_acquire", "days since the last register/follow/add_contact (365 if never)", "days",
-                    False, "recently joined ({v:.0f} days ago)", "joined long ago"),
-        FeatureSpec("tenure_days", "days since the first event seen (capped at 365)", "days", False,
-                    "new relationship ({v:.0f} days)", "long relationship ({v:.0f} days)"),
-        FeatureSpec("lifetime_orders", "orders since first seen", "orders", True,
-                    "few orders so far ({v:.0f})", "many orders so far ({v:.0f})"),
-        FeatureSpec("lifetime_value", "order value since first seen", "CNY", True,
-                    "low lifetime spend (¥{v:.0f})", "high lifetime spend (¥{v:.0f})"),
-        FeatureSpec("avg_order_value", "lifetime value / orders", "CNY", True,
-                    "small baskets (¥{v:.0f})", "large baskets (¥{v:.0f})"),
-        FeatureSpec("refund_ratio", "refunded value / ordered value", "ratio", False,
-                    "few refunds", "many refunds ({v:.0%} refunded)"),
-        FeatureSpec("coupon_redeem_rate", "coupons redeemed / claimed", "ratio", False,
-                    "coupon use fell ({v:.0%} redeemed)", "redeems coupons ({v:.0%})"),
-        FeatureSpec("in_group", "1 if the user is in a community group", "flag", False,
-                    "not in a community group", "member of a community group"),
-        FeatureSpec("exited", "1 if the user unfollowed/deleted/unsubscribed and was not active since", "flag",
-                    False, "still connected", "unfollowed or unsubscribed"),
-        FeatureSpec("active_days_7", "distinct active days in the last 7 days", "days", False,
-                    "active on only {v:.0f} of the last 7 days", "active on {v:.0f} of the last 7 days"),
-        FeatureSpec("active_days_30", "distinct active days in the last 30 days", "days", False,
-                    "active on only {v:.0f} of the last 30 days", "active on {v:.0f} of the last 30 days"),
-        FeatureSpec("trend_activity", "activity 7d vs 30d, rate ratio (1 = steady)", "ratio", False,
-                    "activity fell (x{v:.2f} vs the month)", "activity rising (x{v:.2f})"),
-        FeatureSpec("trend_orders", "orders 30d vs 90d, rate ratio (1 = steady)", "ratio", False,
-                    "ordering slowed (x{v:.2f})", "ordering picked up (x{v:.2f})"),
+        FeatureSpec(
+            "days_since_active",
+            "days since the last activity (capped at 365)",
+            "days",
+            False,
+            "active {v:.0f} days ago",
+            "no activity for {v:.0f} days",
+        ),
+        FeatureSpec(
+            "days_since_order",
+            "days since the last order (365 if never)",
+            "days",
+            False,
+            "ordered {v:.0f} days ago",
+            "no order for {v:.0f} days",
+        ),
+        FeatureSpec(
+            "days_since_message",
+            "days since the last message read/click (365 if never)",
+            "days",
+            False,
+            "read a message {v:.0f} days ago",
+            "no message read for {v:.0f} days",
+        ),
+        FeatureSpec(
+            "days_since_acquire",
+            "days since the last register/follow/add_contact (365 if never)",
+            "days",
+            False,
+            "recently joined ({v:.0f} days ago)",
+            "joined long ago",
+        ),
+        FeatureSpec(
+            "tenure_days",
+            "days since the first event seen (capped at 365)",
+            "days",
+            False,
+            "new relationship ({v:.0f} days)",
+            "long relationship ({v:.0f} days)",
+        ),
+        FeatureSpec(
+            "lifetime_orders",
+            "orders since first seen",
+            "orders",
+            True,
+            "few orders so far ({v:.0f})",
+            "many orders so far ({v:.0f})",
+        ),
+        FeatureSpec(
+            "lifetime_value",
+            "order value since first seen",
+            "CNY",
+            True,
+            "low lifetime spend (¥{v:.0f})",
+            "high lifetime spend (¥{v:.0f})",
+        ),
+        FeatureSpec(
+            "avg_order_value",
+            "lifetime value / orders",
+            "CNY",
+            True,
+            "small baskets (¥{v:.0f})",
+            "large baskets (¥{v:.0f})",
+        ),
+        FeatureSpec(
+            "refund_ratio",
+            "refunded value / ordered value",
+            "ratio",
+            False,
+            "few refunds",
+            "many refunds ({v:.0%} refunded)",
+        ),
+        FeatureSpec(
+            "coupon_redeem_rate",
+            "coupons redeemed / claimed",
+            "ratio",
+            False,
+            "coupon use fell ({v:.0%} redeemed)",
+            "redeems coupons ({v:.0%})",
+        ),
+        FeatureSpec(
+            "in_group",
+            "1 if the user is in a community group",
+            "flag",
+            False,
+            "not in a community group",
+            "member of a community group",
+        ),
+        FeatureSpec(
+            "exited",
+            "1 if the user unfollowed/deleted/unsubscribed and was not active since",
+            "flag",
+            False,
+            "still connected",
+            "unfollowed or unsubscribed",
+        ),
+        FeatureSpec(
+            "active_days_7",
+            "distinct active days in the last 7 days",
+            "days",
+            False,
+            "active on only {v:.0f} of the last 7 days",
+            "active on {v:.0f} of the last 7 days",
+        ),
+        FeatureSpec(
+            "active_days_30",
+            "distinct active days in the last 30 days",
+            "days",
+            False,
+            "active on only {v:.0f} of the last 30 days",
+            "active on {v:.0f} of the last 30 days",
+        ),
+        FeatureSpec(
+            "trend_activity",
+            "activity 7d vs 30d, rate ratio (1 = steady)",
+            "ratio",
+            False,
+            "activity fell (x{v:.2f} vs the month)",
+            "activity rising (x{v:.2f})",
+        ),
+        FeatureSpec(
+            "trend_orders",
+            "orders 30d vs 90d, rate ratio (1 = steady)",
+            "ratio",
+            False,
+            "ordering slowed (x{v:.2f})",
+            "ordering picked up (x{v:.2f})",
+        ),
     ]
     return tuple(specs)
 
@@ -150,7 +246,7 @@ LOG_MASK: npt.NDArray[np.bool_] = np.array([s.log for s in REGISTRY], dtype=bool
 
 def schema_hash(names: tuple[str, ...] = FEATURE_NAMES, version: int = FEATURE_VERSION) -> str:
     """Identity of the feature layout; artifacts record it and loading checks it."""
-    return hashlib.sha256(f"v{version}:" .encode() + "\n".join(names).encode()).hexdigest()[:16]
+    return hashlib.sha256(f"v{version}:".encode() + "\n".join(names).encode()).hexdigest()[:16]
 
 
 def _days_since(ts: npt.NDArray[np.int64], now_ms: int) -> npt.NDArray[np.float64]:
@@ -163,8 +259,11 @@ def _active_days(st: ShardState, rows: npt.NDArray[np.int64], now_ms: int, k: in
     last = st.ts["last_active_ts"][rows]
     gap = day_index(np.full(rows.shape[0], now_ms, np.int64)) - day_index(last)
     width = np.clip(k - gap, 0, 64)
-    mask = np.where(width >= 64, np.uint64(0xFFFFFFFFFFFFFFFF),
-                    (np.left_shift(np.uint64(1), np.minimum(width, 63).astype(np.uint64)) - np.uint64(1)))
+    mask = np.where(
+        width >= 64,
+        np.uint64(0xFFFFFFFFFFFFFFFF),
+        (np.left_shift(np.uint64(1), np.minimum(width, 63).astype(np.uint64)) - np.uint64(1)),
+    )
     out = np.bitwise_count(st.active_bits[rows] & mask).astype(np.float64)
     return np.where(last == NEVER, 0.0, out)
 

@@ -80,9 +80,7 @@ def split_by_shard(ev: EventColumns, shards: int) -> list[tuple[str, tuple[str, 
 class ShardLogic(StatefulLogic[tuple[str, EventColumns, int], ShardResult, dict[str, Any]]):
     """Bytewax glue around :class:`ShardProcessor` (one per shard key)."""
 
-    def __init__(
-        self, key: str, proc: ShardProcessor, metrics: PipelineMetrics, cfg: FlowConfig, clock: Clock
-    ) -> None:
+    def __init__(self, key: str, proc: ShardProcessor, metrics: PipelineMetrics, cfg: FlowConfig, clock: Clock) -> None:
         self.key = key
         self.proc = proc
         self.metrics = metrics

@@ -59,7 +59,10 @@ class PipelineMetrics:
             registry=r,
         )
         self.watermark = Gauge(
-            "lifecycle_watermark_seconds", "Shard event clock (newest applied event time, unix s)", ["shard"], registry=r
+            "lifecycle_watermark_seconds",
+            "Shard event clock (newest applied event time, unix s)",
+            ["shard"],
+            registry=r,
         )
         self.users_in_state = Gauge("lifecycle_users_in_state", "Users held in shard state", ["shard"], registry=r)
         self.timer_rows = Counter("lifecycle_silence_timer_rows", "Users re-evaluated by silence timers", registry=r)
@@ -68,7 +71,9 @@ class PipelineMetrics:
         )
         self.model_info = Info("lifecycle_model", "Model artifact in use", registry=r)
         self.build_info = Info("lifecycle_build", "Build information", registry=r)
-        self.scoring_device = Gauge("lifecycle_scoring_device", "1 for the device scoring runs on", ["device"], registry=r)
+        self.scoring_device = Gauge(
+            "lifecycle_scoring_device", "1 for the device scoring runs on", ["device"], registry=r
+        )
         self.stages = STAGES
 
 

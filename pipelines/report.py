@@ -64,7 +64,11 @@ def print_summary(console: Console, store: Store, result: RunResult, store_url: 
         t.add_column(c)
     for r in top:
         t.add_row(
-            r["user_id"], r["stage"], r["tier"], f"{r['churn_risk']:.3f}", f"{r['purchase_propensity']:.3f}",
+            r["user_id"],
+            r["stage"],
+            r["tier"],
+            f"{r['churn_risk']:.3f}",
+            f"{r['purchase_propensity']:.3f}",
             "; ".join(r["reasons"]),
         )
     console.print(t)

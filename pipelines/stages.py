@@ -67,6 +67,8 @@ def assign_tiers(f: npt.NDArray[np.float32], rules: StageRules) -> npt.NDArray[n
     return tier
 
 
-def at_risk(stage: npt.NDArray[np.int8], churn_risk: npt.NDArray[np.float32], rules: StageRules) -> npt.NDArray[np.bool_]:
+def at_risk(
+    stage: npt.NDArray[np.int8], churn_risk: npt.NDArray[np.float32], rules: StageRules
+) -> npt.NDArray[np.bool_]:
     """Early warning: still in an active stage, but the model expects churn."""
     return (stage <= MATURE) & (churn_risk >= rules.at_risk_threshold)

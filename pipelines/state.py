@@ -70,9 +70,7 @@ _FAMILY_OF_TYPE: dict[str, str] = {
     "delete_contact": "exit",
     "unsubscribe": "exit",
 }
-FAMILY_OF_CODE: npt.NDArray[np.int8] = np.array(
-    [FAMILIES.index(_FAMILY_OF_TYPE[t]) for t in TYPE_CODE], dtype=np.int8
-)
+FAMILY_OF_CODE: npt.NDArray[np.int8] = np.array([FAMILIES.index(_FAMILY_OF_TYPE[t]) for t in TYPE_CODE], dtype=np.int8)
 #: Types that count as "activity" for silence: everything but explicit exits and leaving a group.
 ACTIVE_CODE: npt.NDArray[np.bool_] = np.array(
     [t not in EXIT_TYPES and t != "leave_group" for t in TYPE_CODE], dtype=bool
@@ -158,11 +156,12 @@ class ShardState:
 
     # ----------------------------------------------------------------- index
 
-    def rows_for(self, keys: npt.NDArray[np.int64], ids: npt.NDArray[np.object_]) -> tuple[
-        npt.NDArray[np.int64], npt.NDArray[np.bool_]
-    ]:
+    def rows_for(
+        self, keys: npt.NDArray[np.int64], ids: npt.NDArray[np.object_]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
         """Dense rows of ``keys``, adding unseen users. Second value flags events whose
-        64-bit key collides with a different user id (they get row -1)."""
+        64-bit key collides with a different user id (they get row -1).
+        """
         rows = self._index.lookup(keys)
         new = rows < 0
         if new.any():
@@ -241,7 +240,8 @@ class ShardState:
 
     def _rebase_decay(self, rows: npt.NDArray[np.int64], ts: npt.NDArray[np.int64]) -> None:
         """Move each touched row's decay reference to its newest event, rescaling sums,
-        so that every added weight is <= 1 (no float overflow, whatever the order)."""
+        so that every added weight is <= 1 (no float overflow, whatever the order).
+        """
         ref = self.ts["ref_ts"]
         uniq, inv = np.unique(rows, return_inverse=True)
         cand = ref[uniq]
@@ -266,7 +266,8 @@ class ShardState:
 
     def _mark_active_days(self, rows: npt.NDArray[np.int64], ts: npt.NDArray[np.int64]) -> None:
         """Exact distinct active days over the last 64 days, as a shifting bitmap
-        anchored at each row's last active day (already updated by the caller)."""
+        anchored at each row's last active day (already updated by the caller).
+        """
         if rows.shape[0] == 0:
             return
         last_day = day_index(self.ts["last_active_ts"][rows])
@@ -373,7 +374,9 @@ def _init_min(col: npt.NDArray[np.int64], rows: npt.NDArray[np.int64]) -> npt.ND
     return col
 
 
-def _max_where(col: npt.NDArray[Any], rows: npt.NDArray[np.int64], vals: npt.NDArray[Any], mask: npt.NDArray[np.bool_]) -> None:
+def _max_where(
+    col: npt.NDArray[Any], rows: npt.NDArray[np.int64], vals: npt.NDArray[Any], mask: npt.NDArray[np.bool_]
+) -> None:
     if mask.any():
         np.maximum.at(col, rows[mask], vals[mask])
 

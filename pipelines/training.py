@@ -69,9 +69,7 @@ def build_training_set(
         t for k in range(origins) if (t := as_of_ms - h_ms - k * step_days * DAY_MS) > first + step_days * DAY_MS
     )
     if not ts_origins:
-        raise ValueError(
-            f"history too short: need events from before {horizon_days + step_days} days ahead of --as-of"
-        )
+        raise ValueError(f"history too short: need events from before {horizon_days + step_days} days ahead of --as-of")
     st = ShardState(capacity=1 << 16)
     xs, ys = [], []
     nxt = 0
@@ -84,7 +82,7 @@ def build_training_set(
         lo, hi = nxt, int(np.searchsorted(ev.ts_ms, t + h_ms, side="right"))
         window_active = np.unique(ev.user_key[lo:hi][active[lo:hi]])
         window_order = np.unique(ev.user_key[lo:hi][is_order[lo:hi]])
-        keys = st.user_key[:st.n]
+        keys = st.user_key[: st.n]
         ys.append(np.stack([~np.isin(keys, window_active), np.isin(keys, window_order)], axis=1).astype(np.float32))
     fp = hashlib.sha256()
     fp.update(np.asarray([len(ev), first, int(ev.ts_ms[-1])], np.int64).tobytes())

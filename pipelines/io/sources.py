@@ -13,10 +13,10 @@ nothing is lost and nothing is applied twice.
 from __future__ import annotations
 
 import gzip
+import io
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
 
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -26,8 +26,10 @@ from pipelines.events import RawBatch
 Clock = Callable[[], float]
 
 
-def _open(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+def _open(path: Path) -> io.BufferedIOBase:
+    if path.suffix == ".gz":
+        return gzip.GzipFile(path, "rb")
+    return open(path, "rb")  # noqa: SIM115 - closed by the partition
 
 
 class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
@@ -136,11 +138,6 @@ class IteratorSource(FixedPartitionedSource[RawBatch, int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _IterPartition:
         return _IterPartition(self._name, self._factory, resume_state or 0, self._clock)
-
-
-def describe(source: Any) -> str:
-    """A short label of the source kind, for the ``source`` metric label."""
-    return {FileSource: "file", IteratorSource: "simulate"}.get(type(source), "kafka")
 
 
 def read_batches(path: Path, *, batch_events: int = 100_000, clock: Clock = time.time) -> Iterator[RawBatch]:

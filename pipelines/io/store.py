@@ -83,7 +83,8 @@ class ChdbStore(Store):
             self._conn = sqlitelike.Connection(str(self.path))
         except Exception as err:
             raise StoreError(
-                f"cannot open chDB store at {self.path}: {err} (chDB opens one data directory per process at a time, and one process per directory)"
+                f"cannot open chDB store at {self.path}: {err} "
+                "(chDB opens one data directory per process at a time, and one process per directory)"
             ) from err
 
     def command(self, sql: str) -> None:

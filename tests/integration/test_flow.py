@@ -38,8 +38,11 @@ def test_flow_on_simulated_stream_writes_exactly_one_latest_score_per_user(tmp_p
     sim = simulate(SimConfig(users=600, days=14))
     users = sim.events["user_id"].n_unique()
     assert res.events_in == sim.events.height == res.events_applied
-    rows = _query(tmp_path, "SELECT user_id, stage, tier, churn_risk, purchase_propensity, reasons, model_version, "
-                            "version FROM user_scores FINAL")
+    rows = _query(
+        tmp_path,
+        "SELECT user_id, stage, tier, churn_risk, purchase_propensity, reasons, model_version, "
+        "version FROM user_scores FINAL",
+    )
     assert len(rows) == users == len({r["user_id"] for r in rows})
     assert {r["stage"] for r in rows} <= set(STAGES)
     assert all(0.0 <= r["churn_risk"] <= 1.0 and 0.0 <= r["purchase_propensity"] <= 1.0 for r in rows)
@@ -73,10 +76,13 @@ def test_bad_lines_in_a_file_become_dead_letters_with_file_and_line(tmp_path: Pa
     assert res.events_in == len(good) + 3
     assert res.events_applied + sum(res.rejected.values()) == res.events_in
     assert res.rejected == {"malformed_json": 1, "unknown_event_type": 1, "negative_amount": 1}
-    rej = _query(tmp_path, "SELECT reason, source, offset, hex(payload) AS payload FROM rejected_events FINAL "
-                           "ORDER BY offset")
+    rej = _query(
+        tmp_path, "SELECT reason, source, offset, hex(payload) AS payload FROM rejected_events FINAL ORDER BY offset"
+    )
     assert [(r["reason"], r["offset"]) for r in rej] == [
-        ("malformed_json", 101), ("unknown_event_type", 202), ("negative_amount", 203)
+        ("malformed_json", 101),
+        ("unknown_event_type", 202),
+        ("negative_amount", 203),
     ]
     assert all(r["source"] == str(path) for r in rej)
     assert [bytes.fromhex(r["payload"]) for r in rej] == bad  # original bytes, unchanged
@@ -92,10 +98,13 @@ def test_silent_user_reaches_dormant_then_churned_in_the_store_without_new_event
     _run(tmp_path, input=str(path), batch_events=10)
     final = _query(tmp_path, "SELECT stage, reasons FROM user_scores FINAL WHERE user_id = 'silent'")
     assert final[0]["stage"] == "churned"
-    trans = _query(tmp_path, "SELECT from_stage, to_stage FROM stage_transitions FINAL WHERE user_id = 'silent' "
-                             "ORDER BY at")
+    trans = _query(
+        tmp_path, "SELECT from_stage, to_stage FROM stage_transitions FINAL WHERE user_id = 'silent' ORDER BY at"
+    )
     assert [(t["from_stage"], t["to_stage"]) for t in trans] == [
-        ("none", "growing"), ("growing", "dormant"), ("dormant", "churned")
+        ("none", "growing"),
+        ("growing", "dormant"),
+        ("dormant", "churned"),
     ]
 
 
@@ -110,9 +119,7 @@ def test_metrics_endpoint_serves_the_run_counters(tmp_path: Path) -> None:
     s = Settings(store=f"chdb://{tmp_path}/store.chdb", metrics_port=port, input="simulate", sim_users=100, sim_days=5)
     res = run_pipeline(s, registry=CollectorRegistry())
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    values = {
-        ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in body.splitlines() if ln and not ln.startswith("#")
-    }
+    values = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in body.splitlines() if ln and not ln.startswith("#")}
     assert values['lifecycle_events_in_total{source="simulate"}'] == res.events_in > 0
     assert values['lifecycle_rows_written_total{table="user_scores"}'] > 0
     assert values["lifecycle_scoring_seconds_count"] > 0

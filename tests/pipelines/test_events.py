@@ -16,8 +16,10 @@ BAD_EVENTS: list[tuple[bytes, RejectReason]] = [
     (line(ts=12), RejectReason.BAD_TIMESTAMP),  # epoch seconds are not epoch ms
     (line(ts=NOW + 2 * 86_400_000), RejectReason.FUTURE_TIMESTAMP),
     (line(type="order", amount=-5.0), RejectReason.NEGATIVE_AMOUNT),
-    (b'{"event_id":"e1","user_id":"u1","ts":1790000000000,"type":"order","channel":"app","amount":1e999}',
-     RejectReason.BAD_AMOUNT),
+    (
+        b'{"event_id":"e1","user_id":"u1","ts":1790000000000,"type":"order","channel":"app","amount":1e999}',
+        RejectReason.BAD_AMOUNT,
+    ),
     (line(props={"blob": "x" * 70_000}), RejectReason.OVERSIZED),
     (line(user_id=""), RejectReason.BAD_USER_ID),
     (line(user_id="u" * 200), RejectReason.BAD_USER_ID),
@@ -27,7 +29,9 @@ BAD_EVENTS: list[tuple[bytes, RejectReason]] = [
 ]
 
 
-@pytest.mark.parametrize(("payload", "reason"), BAD_EVENTS, ids=[f"{r.value}-{i}" for i, (_, r) in enumerate(BAD_EVENTS)])
+@pytest.mark.parametrize(
+    ("payload", "reason"), BAD_EVENTS, ids=[f"{r.value}-{i}" for i, (_, r) in enumerate(BAD_EVENTS)]
+)
 def test_each_bad_event_is_rejected_with_its_reason_and_position(payload: bytes, reason: RejectReason) -> None:
     d = decode_batch(raw([payload], source="in.jsonl"), now_ms=NOW)
     assert len(d.events) == 0
@@ -42,7 +46,7 @@ def test_every_decode_reason_is_covered_by_a_crafted_event() -> None:
     assert {r for _, r in BAD_EVENTS} == decode_reasons
 
 
-@pytest.mark.parametrize(("payload", "reason"), BAD_EVENTS[:: 3])
+@pytest.mark.parametrize(("payload", "reason"), BAD_EVENTS[::3])
 def test_one_bad_event_in_a_batch_rejects_only_itself(payload: bytes, reason: RejectReason) -> None:
     good = [line(event_id=f"e{i}", user_id=f"u{i}", ts=T0 + i) for i in range(50)]
     batch = good[:20] + [payload] + good[20:]
@@ -64,7 +68,12 @@ def test_iso_and_epoch_ms_timestamps_decode_to_the_same_instant() -> None:
 
 def test_every_vocabulary_type_and_channel_is_accepted() -> None:
     lines = [
-        line(event_id=f"e{i}", type=t, channel=CHANNELS[i % len(CHANNELS)], amount=1.0 if t in ("order", "refund") else None)
+        line(
+            event_id=f"e{i}",
+            type=t,
+            channel=CHANNELS[i % len(CHANNELS)],
+            amount=1.0 if t in ("order", "refund") else None,
+        )
         for i, t in enumerate(EVENT_TYPES)
     ]
     d = decode_batch(raw(lines), now_ms=NOW)

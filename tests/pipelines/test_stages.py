@@ -35,8 +35,17 @@ def _stage_of(user: str, history: list[tuple], now: int) -> str:
         ([("u", T0, "page_view"), ("u", T0 + D, "unfollow")], 2, "churned"),  # explicit churn, no silence needed
         ([("u", T0, "unfollow"), ("u", T0 + D, "follow")], 2, "new"),  # won back: reconnected
     ],
-    ids=["new", "first-order-growing", "existing-growing", "mature", "repeat-not-engaged", "dormant", "churned",
-         "unfollow-churned", "refollow-new"],
+    ids=[
+        "new",
+        "first-order-growing",
+        "existing-growing",
+        "mature",
+        "repeat-not-engaged",
+        "dormant",
+        "churned",
+        "unfollow-churned",
+        "refollow-new",
+    ],
 )
 def test_stage_rules_on_hand_made_users(history: list[tuple], now_days: int, stage: str) -> None:
     assert _stage_of("u", history, T0 + now_days * D) == stage
@@ -74,7 +83,9 @@ def test_idle_clock_advance_fires_silence_timers() -> None:
 def test_late_events_are_dead_letters_not_state() -> None:
     proc = ShardProcessor(ShardConfig(rules=RULES, allowed_lateness_ms=3_600_000))
     proc.process(columns([("a", T0 + 10 * D, "page_view")]))
-    res = proc.process(columns([("a", T0 + 10 * D - 2 * 3_600_000, "order", 5.0), ("a", T0 + 10 * D - 60_000, "share")]))
+    res = proc.process(
+        columns([("a", T0 + 10 * D - 2 * 3_600_000, "order", 5.0), ("a", T0 + 10 * D - 60_000, "share")])
+    )
     assert [r.reason.value for r in res.rejects] == ["late"]
     assert res.applied == 1
     assert int(proc.state.order_count[0]) == 0

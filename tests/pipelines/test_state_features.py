@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from pipelines.events import TYPE_CODE
 from pipelines.features import INDEX, compute_features
-from pipelines.state import ACTIVE_CODE, DAY_MS, FAMILY_OF_CODE, FAMILIES, HORIZON_DAYS, ShardState, day_index
+from pipelines.state import ACTIVE_CODE, DAY_MS, FAMILIES, FAMILY_OF_CODE, HORIZON_DAYS, ShardState, day_index
 from tests.support.events import T0, columns
 
 TYPES = ["page_view", "order", "message_read", "coupon_claim", "coupon_redeem", "unfollow", "share"]
@@ -60,7 +60,12 @@ def test_windows_equal_brute_force_reference_in_any_arrival_order(
         row = st_.lookup(np.array([columns([(user, T0, "page_view")]).user_key[0]]))
         f = compute_features(st_, row, now)[0]
         for name, want in _reference(events, user, now).items():
-            assert math.isclose(float(f[INDEX[name]]), want, rel_tol=2e-4, abs_tol=2e-4), (user, name, f[INDEX[name]], want)
+            assert math.isclose(float(f[INDEX[name]]), want, rel_tol=2e-4, abs_tol=2e-4), (
+                user,
+                name,
+                f[INDEX[name]],
+                want,
+            )
 
 
 def test_snapshot_restore_gives_identical_features() -> None:

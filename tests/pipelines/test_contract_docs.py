@@ -1,0 +1,19 @@
+import json
+from pathlib import Path
+
+from pipelines.events import CHANNELS, EVENT_TYPES, RejectReason
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_json_schema_lists_exactly_the_decoder_vocabulary() -> None:
+    schema = json.loads((DOCS / "event.schema.json").read_text())
+    assert tuple(schema["properties"]["type"]["enum"]) == EVENT_TYPES
+    assert tuple(schema["properties"]["channel"]["enum"]) == CHANNELS
+    assert set(schema["required"]) == {"event_id", "user_id", "ts", "type", "channel"}
+
+
+def test_events_doc_names_every_type_channel_and_reject_reason() -> None:
+    text = (DOCS / "events.md").read_text()
+    for word in (*EVENT_TYPES, *CHANNELS, *(r.value for r in RejectReason)):
+        assert f"`{word}`" in text, word
