@@ -100,6 +100,23 @@ TS_COLUMNS: tuple[str, ...] = (
 )
 
 
+#: Per-row arrays besides the timestamps (see :meth:`ShardState._alloc`).
+_ROW_ARRAYS: tuple[str, ...] = (
+    "user_key",
+    "user_id",
+    "decayed",
+    "channel_30d",
+    "value_decayed",
+    "order_count",
+    "order_value",
+    "refund_value",
+    "coupon_claims",
+    "coupon_redeems",
+    "active_bits",
+    "stage",
+)
+
+
 def day_index(ts_ms: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Operating-calendar day number of each timestamp."""
     return (ts_ms + DAY_OFFSET_MS) // DAY_MS
@@ -290,50 +307,25 @@ class ShardState:
 
     # ----------------------------------------------------------------- snapshots
 
+    def _columns(self) -> dict[str, npt.NDArray[Any]]:
+        """Every per-row array by snapshot name (the one list of what a row holds)."""
+        cols = {name: getattr(self, name) for name in _ROW_ARRAYS}
+        cols.update({"ts_" + name: self.ts[name] for name in TS_COLUMNS})
+        return cols
+
     def snapshot_arrays(self) -> dict[str, Any]:
-        """The live rows as plain arrays (pickle-friendly, trimmed to ``n``)."""
+        """The live rows as plain arrays (pickle-friendly copies, trimmed to ``n``)."""
         n = self.n
-        snap: dict[str, Any] = {
-            "n": n,
-            "clock_ms": self.clock_ms,
-            "user_key": self.user_key[:n].copy(),
-            "user_id": self.user_id[:n].copy(),
-            "decayed": self.decayed[:n].copy(),
-            "channel_30d": self.channel_30d[:n].copy(),
-            "value_decayed": self.value_decayed[:n].copy(),
-            "order_count": self.order_count[:n].copy(),
-            "order_value": self.order_value[:n].copy(),
-            "refund_value": self.refund_value[:n].copy(),
-            "coupon_claims": self.coupon_claims[:n].copy(),
-            "coupon_redeems": self.coupon_redeems[:n].copy(),
-            "active_bits": self.active_bits[:n].copy(),
-            "stage": self.stage[:n].copy(),
-        }
-        for name in TS_COLUMNS:
-            snap["ts_" + name] = self.ts[name][:n].copy()
+        snap: dict[str, Any] = {"n": n, "clock_ms": self.clock_ms}
+        snap.update({name: a[:n].copy() for name, a in self._columns().items()})
         return snap
 
     def _restore_arrays(self, snap: dict[str, Any]) -> None:
         n = int(snap["n"])
         self.n = n
         self.clock_ms = int(snap["clock_ms"])
-        for name in (
-            "user_key",
-            "user_id",
-            "decayed",
-            "channel_30d",
-            "value_decayed",
-            "order_count",
-            "order_value",
-            "refund_value",
-            "coupon_claims",
-            "coupon_redeems",
-            "active_bits",
-            "stage",
-        ):
-            getattr(self, name)[:n] = snap[name]
-        for name in TS_COLUMNS:
-            self.ts[name][:n] = snap["ts_" + name]
+        for name, a in self._columns().items():
+            a[:n] = snap[name]
 
     @classmethod
     def restore(cls, snap: dict[str, Any]) -> ShardState:
@@ -347,23 +339,7 @@ class ShardState:
 
     def nbytes(self) -> int:
         """Bytes held by the arrays (not the index or the id strings)."""
-        total = sum(a.nbytes for a in self.ts.values())
-        for a in (
-            self.user_key,
-            self.user_id,
-            self.decayed,
-            self.channel_30d,
-            self.value_decayed,
-            self.order_count,
-            self.order_value,
-            self.refund_value,
-            self.coupon_claims,
-            self.coupon_redeems,
-            self.active_bits,
-            self.stage,
-        ):
-            total += a.nbytes
-        return int(total)
+        return int(sum(a.nbytes for a in self._columns().values()))
 
 
 def _init_min(col: npt.NDArray[np.int64], rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:

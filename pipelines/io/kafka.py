@@ -42,13 +42,22 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import msgspec
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from pipelines.events import RawBatch
@@ -60,9 +69,11 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 #: How long one ``consume`` call may block the Bytewax worker when the local queue is short.
-POLL_TIMEOUT_S = 0.01
-#: After a poll that returned nothing, wait this long before polling again (no busy spin).
+POLL_TIMEOUT_S = 0.005
+#: After an empty poll at the end of the partition, wait this long before polling again (no busy spin).
 IDLE_BACKOFF = timedelta(milliseconds=50)
+#: After an empty poll before the end (a fetch is in flight), wait this long.
+FETCH_BACKOFF = timedelta(milliseconds=5)
 
 #: Client defaults; ``config`` passed to the source overrides any of them (security, tuning).
 CONSUMER_DEFAULTS: dict[str, Any] = {
@@ -139,33 +150,21 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         if self._at_end and self._eof_exit:
             raise StopIteration()
         msgs = self._consumer.consume(num_messages=self._batch, timeout=POLL_TIMEOUT_S)
-        offsets: list[int] = []
-        payloads: list[bytes] = []
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                self._on_error(err, msg.offset())
-                continue
-            off = msg.offset()
-            assert off is not None
-            if not self._checked_start:
-                self._checked_start = True
-                if off > self._next:
-                    log.warning(
-                        "kafka %s[%d]: resumed at offset %d but the first record available is %d: "
-                        "%d offsets no longer exist (retention or topic recreated)",
-                        self._topic, self._partition, self._next, off, off - self._next,
-                    )
-            self._next = off + 1
-            self._at_end = False  # records after an end-of-partition: not at the end any more
-            value = msg.value()
-            if value is None:
-                self._tombstones += 1
-                log.warning("kafka %s[%d]@%d: record with a null value skipped", self._topic, self._partition, off)
-                continue
-            offsets.append(off)
-            payloads.append(value)
         self._idle = not msgs
+        if not msgs:
+            return []
+        errors = [m.error() for m in msgs]
+        # (never ``==`` on KafkaError: its comparison with None leaves a pending exception in the interpreter)
+        if all(e is None for e in errors):  # the common case: records only, no per-record Python loop
+            offsets = cast(list[int], [m.offset() for m in msgs])  # records always have an offset
+            payloads: list[bytes | None] = [m.value() for m in msgs]
+            self._check_start(offsets[0])
+            self._next = offsets[-1] + 1
+            self._at_end = False
+        else:
+            offsets, payloads = self._slow_path(msgs, errors)
+        if None in payloads:
+            offsets, payloads = self._drop_tombstones(offsets, payloads)
         if not payloads:
             return []
         return [
@@ -173,10 +172,57 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
                 source=self._topic,
                 partition=self._partition,
                 offsets=np.asarray(offsets, dtype=np.int64),
-                payloads=payloads,
+                payloads=payloads,  # type: ignore[arg-type]  # no None left
                 read_at_ms=int(self._clock() * 1000),
             )
         ]
+
+    def _slow_path(self, msgs: list[Message], errors: list[KafkaError | None]) -> tuple[list[int], list[bytes | None]]:
+        """Records and client events mixed: keep the records in order, handle each event."""
+        offsets: list[int] = []
+        payloads: list[bytes | None] = []
+        for msg, err in zip(msgs, errors, strict=True):
+            if err is not None:
+                self._on_error(err, msg.offset())
+                continue
+            off = msg.offset()
+            assert off is not None
+            self._check_start(off)
+            self._next = off + 1
+            self._at_end = False  # records after an end-of-partition: not at the end any more
+            offsets.append(off)
+            payloads.append(msg.value())
+        return offsets, payloads
+
+    def _drop_tombstones(
+        self, offsets: list[int], payloads: list[bytes | None]
+    ) -> tuple[list[int], list[bytes | None]]:
+        keep = [i for i, p in enumerate(payloads) if p is not None]
+        dropped = [offsets[i] for i, p in enumerate(payloads) if p is None]
+        self._tombstones += len(dropped)
+        log.warning(
+            "kafka %s[%d]: %d record(s) with a null value skipped (offsets %s)",
+            self._topic,
+            self._partition,
+            len(dropped),
+            dropped[:10],
+        )
+        return [offsets[i] for i in keep], [payloads[i] for i in keep]
+
+    def _check_start(self, first: int) -> None:
+        if self._checked_start:
+            return
+        self._checked_start = True
+        if first > self._next:
+            log.warning(
+                "kafka %s[%d]: resumed at offset %d but the first record available is %d: "
+                "%d offsets no longer exist (retention or topic recreated)",
+                self._topic,
+                self._partition,
+                self._next,
+                first,
+                first - self._next,
+            )
 
     def _on_error(self, err: KafkaError, offset: int | None) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
@@ -191,7 +237,10 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         log.warning("kafka %s[%d]: %s (skipped; the client retries)", self._topic, self._partition, err)
 
     def next_awake(self) -> datetime | None:
-        return datetime.now(UTC) + IDLE_BACKOFF if self._idle else None
+        if not self._idle:
+            return None  # records are flowing: poll again at once
+        # Caught up: wait for new records. Otherwise a fetch is in flight (or the client reconnects).
+        return datetime.now(UTC) + (IDLE_BACKOFF if self._at_end else FETCH_BACKOFF)
 
     def snapshot(self) -> int:
         return self._next
