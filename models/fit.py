@@ -106,9 +106,7 @@ def calibrate(model: LifecycleNet, x: torch.Tensor, y: torch.Tensor) -> None:
         b = torch.zeros(1, requires_grad=True)
         opt = torch.optim.LBFGS([a, b], lr=0.5, max_iter=100)
 
-        def closure(
-            h: int = h, a: torch.Tensor = a, b: torch.Tensor = b, opt: torch.optim.LBFGS = opt
-        ) -> torch.Tensor:
+        def closure(h: int = h, a: torch.Tensor = a, b: torch.Tensor = b, opt: torch.optim.LBFGS = opt) -> torch.Tensor:
             opt.zero_grad()
             loss = nn.functional.binary_cross_entropy_with_logits(logits[:, h] * a + b, y[:, h])
             loss.backward()

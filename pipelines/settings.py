@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     recovery_dir: Path | None = Field(None, description="Bytewax recovery store directory (enables resume)")
     kafka_group: str = Field("lifecycle-scoring", description="Kafka consumer group id")
     kafka_start: Literal["earliest", "latest"] = Field("earliest", description="where a new Kafka run starts")
+    kafka_config: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='librdkafka options as JSON, e.g. {"security.protocol":"SASL_SSL","sasl.password":"..."}; '
+        "values are treated as secrets",
+    )
     kafka_eof_exit: bool = Field(False, description="stop when every Kafka partition is at its end (tests, backfills)")
     sim_users: int = Field(50_000, ge=1, description="simulated users (--input simulate)")
     sim_days: int = Field(30, ge=1, description="simulated days (--input simulate)")

@@ -4,11 +4,14 @@ The Bytewax operator (:mod:`pipelines.flow`) only routes batches here and
 snapshots the result; everything that decides *what* a user's features and
 stage are lives in this pure, unit-testable class.
 
-Event time: the shard clock is the newest event time applied. An event older
-than ``clock - allowed_lateness`` is **late**: it is not applied (its effect on
-already-written scores could not be undone in order) and becomes a dead letter
-with reason ``late``. Everything within the lateness is applied exactly,
-whatever its order (see :mod:`pipelines.state`).
+Event time: the shard clock is the newest event time applied; features are
+computed "as of" it and silence timers fire by it. Lateness is judged per
+*input partition* (Kafka partition, file): an event older than the newest event
+of its own partition minus ``allowed_lateness`` is **late**: it is not applied
+and becomes a dead letter with reason ``late``. Judging it against the shard
+clock instead would reject a whole lagging partition during a catch-up, since
+one partition is often read far ahead of another. Everything within the
+lateness is applied exactly, whatever its order (see :mod:`pipelines.state`).
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class ShardProcessor:
     def __init__(self, cfg: ShardConfig, state: ShardState | None = None, timers: SilenceTimers | None = None) -> None:
         self.cfg = cfg
         self.state = state or ShardState()
+        #: newest event time seen per input partition ("source:partition"): the lateness reference
+        self.partition_clock: dict[str, int] = {}
         rules = cfg.rules
         self.timers = timers or SilenceTimers(
             (int(rules.dormant_after_days * DAY_MS), int(rules.churned_after_days * DAY_MS)), cfg.timer_bucket_ms
@@ -81,11 +86,17 @@ class ShardProcessor:
         """
         st = self.state
         rejects: list[Rejection] = []
-        if len(ev) and st.clock_ms != NEVER:
-            late = ev.ts_ms < st.clock_ms - self.cfg.allowed_lateness_ms
-            if late.any():
-                rejects += ev.rejections(late, RejectReason.LATE, f"older than clock-{self.cfg.allowed_lateness_ms}ms")
-                ev = ev.take(~late)
+        if len(ev):
+            part = f"{ev.source}:{ev.partition}"
+            newest = self.partition_clock.get(part, NEVER)
+            if newest != NEVER:
+                late = ev.ts_ms < newest - self.cfg.allowed_lateness_ms
+                if late.any():
+                    detail = f"older than the partition's newest event minus {self.cfg.allowed_lateness_ms} ms"
+                    rejects += ev.rejections(late, RejectReason.LATE, detail)
+                    ev = ev.take(~late)
+            if len(ev):
+                self.partition_clock[part] = max(newest, int(ev.ts_ms.max()))
         applied = st.apply(ev)
         if clock_hint_ms is not None and clock_hint_ms > st.clock_ms and st.n:
             st.clock_ms = clock_hint_ms
@@ -140,8 +151,14 @@ class ShardProcessor:
     # ------------------------------------------------------------------ recovery
 
     def snapshot(self) -> dict[str, Any]:
-        return {"state": self.state.snapshot_arrays(), "timers": self.timers.snapshot()}
+        return {
+            "state": self.state.snapshot_arrays(),
+            "timers": self.timers.snapshot(),
+            "partition_clock": dict(self.partition_clock),
+        }
 
     @classmethod
     def restore(cls, cfg: ShardConfig, snap: dict[str, Any]) -> ShardProcessor:
-        return cls(cfg, ShardState.restore(snap["state"]), SilenceTimers.restore(snap["timers"]))
+        proc = cls(cfg, ShardState.restore(snap["state"]), SilenceTimers.restore(snap["timers"]))
+        proc.partition_clock = dict(snap.get("partition_clock", {}))
+        return proc

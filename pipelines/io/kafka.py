@@ -16,30 +16,39 @@ Delivery and resume semantics (exactly what the code does):
 * The only record of progress is the Bytewax snapshot of each partition: the
   offset of the *next* record to read, i.e. the offset of the last record
   handed to the flow + 1 (or the end offset the broker reported, when the
-  partition was caught up). With a recovery store the flow resumes each
-  partition exactly there, so together with the state snapshot of the same epoch
-  no record is skipped and none is applied twice. Without a recovery store every
-  run starts at ``settings.kafka_start`` (``earliest``: the oldest retained
-  record; ``latest``: only records produced after the partition was assigned).
-* Every record with a value is handed on, in offset order, exactly once per
-  run. Records with a null value (tombstones) carry no event: they are skipped
-  like blank lines of a file, but logged and counted. Error events from the
+  partition was caught up). Before the first record or end-of-partition it is
+  the logical start (``earliest``/``latest``). With a recovery store a restarted
+  flow resumes each partition exactly at the offset of its last committed
+  epoch, and the shard state of that same epoch is restored with it: the state
+  applies every record once. Records read after that epoch are read again, so
+  their store writes may repeat (the sink is at-least-once; the tables collapse
+  repeats under ``FINAL``). Without a recovery store every run starts at
+  ``settings.kafka_start``: ``earliest`` (the oldest retained record) or
+  ``latest`` (records produced after the partition was assigned; tansu may
+  also return the last produce batch before it, DESIGN.md section 4).
+* Within a run, every record with a value is handed on once, in offset order,
+  in batches of at most ``batch_events``. Records with a null value
+  (tombstones) carry no event: they are skipped like blank lines of a file,
+  logged and counted, and the position moves past them. Error events from the
   client (transport errors, which librdkafka retries by itself) are logged and
   skipped: they are not records and do not move the position. A fatal client
-  error raises.
+  error raises :class:`KafkaSourceError`.
 * If a resume offset no longer exists (retention deleted it, the topic was
   recreated), the client restarts at the earliest retained offset
-  (``auto.offset.reset=earliest``) and the gap is logged; nothing silently
-  jumps to the end.
-* ``settings.kafka_eof_exit``: a partition ends (``StopIteration``) once it has
-  handed on everything up to the end of the partition, so tests and backfills
-  terminate when caught up. Otherwise partitions run until the process stops.
+  (``auto.offset.reset=earliest``, not overridable) and the jump is logged as a
+  warning; nothing silently skips to the end.
+* ``settings.kafka_eof_exit``: a partition ends (``StopIteration``) at the first
+  poll after it has handed on everything up to the end of the partition, so
+  tests and backfills terminate when caught up. Otherwise partitions run until
+  the process stops; a caught-up partition polls every 50 ms, and no poll blocks
+  the Bytewax worker for more than 5 ms.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -131,6 +140,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         batch_events: int,
         eof_exit: bool,
         clock: Clock,
+        metadata_timeout_s: float = 10.0,
     ) -> None:
         self._topic = topic
         self._partition = partition
@@ -143,6 +153,12 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         self._checked_start = start < 0  # logical start: no gap check
         self._tombstones = 0
         self._consumer = Consumer(config)
+        try:
+            # Metadata first: assigned with an unknown leader, librdkafka retries a logical-offset
+            # lookup only after 500 ms. All topics, so that this never auto-creates one.
+            self._consumer.list_topics(timeout=metadata_timeout_s)
+        except KafkaException as err:
+            log.warning("kafka %s[%d]: no metadata yet (%s); the client keeps trying", topic, partition, err)
         self._consumer.assign([TopicPartition(topic, partition, start)])
         log.info("kafka %s[%d]: assigned at %s", topic, partition, _labels(start))
 
@@ -213,15 +229,14 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         if self._checked_start:
             return
         self._checked_start = True
-        if first > self._next:
+        if first != self._next:
             log.warning(
-                "kafka %s[%d]: resumed at offset %d but the first record available is %d: "
-                "%d offsets no longer exist (retention or topic recreated)",
+                "kafka %s[%d]: resumed at offset %d but the first record available is %d "
+                "(the offset no longer exists: retention or topic recreated); reading from there",
                 self._topic,
                 self._partition,
                 self._next,
                 first,
-                first - self._next,
             )
 
     def _on_error(self, err: KafkaError, offset: int | None) -> None:
@@ -295,6 +310,8 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         ``config`` is passed through to librdkafka (security, tuning) and wins over the defaults.
         """
         bootstrap, topic = parse_kafka_url(url)
+        if config is None:
+            config = {k: v.get_secret_value() for k, v in settings.kafka_config.items()}
         return cls(
             bootstrap,
             topic,
@@ -346,7 +363,14 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         }
         start = self._start if resume_state is None else resume_state
         return _KafkaPartition(
-            config, self.topic, partition, start, batch_events=self._batch, eof_exit=self._eof_exit, clock=self._clock
+            config,
+            self.topic,
+            partition,
+            start,
+            batch_events=self._batch,
+            eof_exit=self._eof_exit,
+            clock=self._clock,
+            metadata_timeout_s=self._metadata_timeout_s,
         )
 
 
@@ -365,9 +389,11 @@ def key_by_user_id(line: bytes) -> bytes | None:
     partition, in order). Lines without a readable user id get no key (any partition).
     """
     try:
-        return _USER_ID_DECODER.decode(line).user_id.encode()
+        user_id = _USER_ID_DECODER.decode(line).user_id
     except (msgspec.DecodeError, UnicodeDecodeError):
         return None
+    # NFC like the decoder (pipelines.events), so that spellings of one user share a partition.
+    return (user_id if user_id.isascii() else unicodedata.normalize("NFC", user_id)).encode()
 
 
 def produce_lines(
@@ -378,8 +404,11 @@ def produce_lines(
     key_fn: Callable[[bytes], bytes | None] | None = None,
     config: Mapping[str, Any] | None = None,
     flush_timeout_s: float = 60.0,
+    metadata_timeout_s: float = 10.0,
 ) -> int:
     """Produce each line as one record (lz4, batched, idempotent), flush, and return the count.
+
+    Records go out in the order of ``lines``; records with the same key keep that order in their partition.
 
     ``key_fn(line)`` gives the record key (e.g. :func:`key_by_user_id`); without
     it records have no key and the client spreads them over the partitions.
@@ -393,21 +422,26 @@ def produce_lines(
             "linger.ms": 20,
             "batch.num.messages": 10_000,
             "batch.size": 1_000_000,
-            "enable.idempotence": True,
+            "enable.idempotence": True,  # retries neither duplicate nor reorder records
+            "partitioner": "murmur2_random",  # same key -> same partition as Java clients
             **(config or {}),
         }
     )
-    failed: list[str] = []
-    acked = 0
+    try:  # fail fast with a clear error instead of timing out every message
+        producer.list_topics(timeout=metadata_timeout_s)
+    except KafkaException as err:
+        raise KafkaSourceError(f"cannot reach Kafka broker(s) {bootstrap} to produce to {topic!r}: {err}") from err
+    errors: list[str] = []  # the first few delivery errors, for the message
+    acked = failed = 0
 
     def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-        nonlocal acked
+        nonlocal acked, failed
         if err is None:
             acked += 1
-        elif len(failed) < 5:
-            failed.append(str(err))
-        else:
-            failed.append("")
+            return
+        failed += 1
+        if len(errors) < 5:
+            errors.append(str(err))
 
     sent = 0
     for line in lines:
@@ -423,9 +457,8 @@ def produce_lines(
             producer.poll(0)
     left = producer.flush(flush_timeout_s)
     if left or failed or acked != sent:
-        shown = "; ".join(f for f in failed if f)
         raise KafkaSourceError(
             f"produce to {topic!r} on {bootstrap}: {acked} of {sent} records acknowledged "
-            f"({left} still queued after {flush_timeout_s}s, {len(failed)} failed: {shown})"
+            f"({left} still queued after {flush_timeout_s}s, {failed} failed: {'; '.join(errors)})"
         )
     return acked

@@ -28,6 +28,10 @@ def test_env_vars_configure_settings_and_flags_override_them(monkeypatch: pytest
     assert s.shards == 7
     assert "s3cret" not in repr(s) and "s3cret" not in str(s.model_dump())
     assert Settings(shards=2).shards == 2
+    monkeypatch.setenv("LIFECYCLE_KAFKA_CONFIG", '{"security.protocol": "SASL_SSL", "sasl.password": "hunter2"}')
+    k = Settings().kafka_config
+    assert k["sasl.password"].get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(Settings())
 
 
 def test_invalid_setting_exits_2_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -95,3 +97,12 @@ def test_first_score_of_a_user_reports_no_previous_stage() -> None:
     res = ShardProcessor(ShardConfig()).process(columns([("a", T0, "page_view")]))
     assert res.rows is not None and res.rows.prev_stage.tolist() == [-1]
     assert np.isfinite(res.rows.features).all()
+
+
+def test_lateness_is_judged_per_input_partition_so_a_lagging_partition_is_not_late() -> None:
+    proc = ShardProcessor(ShardConfig(rules=RULES, allowed_lateness_ms=3_600_000))
+    ahead = columns([("a", T0 + 10 * D, "page_view")])
+    behind = columns([("b", T0, "page_view")])
+    proc.process(dataclasses.replace(ahead, partition=0))
+    res = proc.process(dataclasses.replace(behind, partition=1))
+    assert res.rejects == [] and res.applied == 1
