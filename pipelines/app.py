@@ -38,6 +38,7 @@ class RunResult:
     seconds: float
     events_in: int
     events_applied: int
+    duplicates: int
     rejected: dict[str, int]
     rows_written: dict[str, int]
     expected_events: int | None
@@ -126,6 +127,7 @@ def run_pipeline(
         seconds=elapsed,
         events_in=int(_total(registry, "lifecycle_events_in_total")),
         events_applied=int(_total(registry, "lifecycle_events_applied_total")),
+        duplicates=int(_total(registry, "lifecycle_events_duplicate_total")),
         rejected=_by_label(registry, "lifecycle_events_rejected_total", "reason"),
         rows_written=_by_label(registry, "lifecycle_rows_written_total", "table"),
         expected_events=expected,

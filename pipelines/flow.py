@@ -107,6 +107,13 @@ class ShardLogic(StatefulLogic[tuple[str, EventColumns, int], ShardResult, dict[
         self._observe(res)
         return ([res] if res.rows is not None else []), StatefulLogic.RETAIN
 
+    def on_eof(self) -> tuple[Iterable[ShardResult], bool]:
+        # End of a finite input: score the users still waiting for their cadence,
+        # so the store ends with every user's final state.
+        res = self.proc.flush()
+        self._observe(res)
+        return ([res] if res.rows is not None else []), StatefulLogic.RETAIN
+
     def notify_at(self) -> datetime | None:
         if self.cfg.idle_advance_seconds <= 0:
             return None
@@ -119,6 +126,7 @@ class ShardLogic(StatefulLogic[tuple[str, EventColumns, int], ShardResult, dict[
     def _observe(self, res: ShardResult) -> None:
         m = self.metrics
         m.events_applied.inc(res.applied)
+        m.events_duplicate.inc(res.duplicates)
         count_rejects(m, res.rejects)
         m.timer_rows.inc(res.timer_rows)
         m.batches.labels(step="state").inc()

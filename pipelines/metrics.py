@@ -25,6 +25,9 @@ class PipelineMetrics:
         r = registry
         self.events_in = Counter("lifecycle_events_in", "Raw events read from the source", ["source"], registry=r)
         self.events_applied = Counter("lifecycle_events_applied", "Events applied to user state", registry=r)
+        self.events_duplicate = Counter(
+            "lifecycle_events_duplicate", "Events dropped as duplicates of an already applied event_id", registry=r
+        )
         self.events_rejected = Counter(
             "lifecycle_events_rejected", "Events rejected to the dead-letter store, by reason", ["reason"], registry=r
         )

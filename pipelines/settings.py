@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(65_536, ge=64, description="events larger than this are rejected (oversized)")
     max_future_seconds: int = Field(86_400, ge=0, description="events further ahead of the wall clock are rejected")
     allowed_lateness_seconds: int = Field(6 * 3600, ge=0, description="events older than clock minus this are late")
+    score_interval_seconds: float = Field(
+        30.0, ge=0, description="re-score a changed user at most once per this much event time (0 = every batch)"
+    )
+    dedup_window_seconds: int = Field(
+        6 * 3600, gt=0, description="duplicate event_ids are recognised within 1-2 such windows of event time"
+    )
+    dedup_max_keys: int = Field(4_000_000, gt=0, description="event ids remembered per shard and generation")
     new_days: float = Field(14.0, gt=0, description="acquired within this many days and no order -> new")
     dormant_after_days: float = Field(14.0, gt=0, description="silence (days) after which a user is dormant")
     churned_after_days: float = Field(45.0, gt=0, description="silence (days) after which a user is churned")
@@ -81,4 +88,10 @@ class Settings(BaseSettings):
         )
 
     def shard_config(self) -> ShardConfig:
-        return ShardConfig(rules=self.stage_rules(), allowed_lateness_ms=self.allowed_lateness_seconds * 1000)
+        return ShardConfig(
+            rules=self.stage_rules(),
+            allowed_lateness_ms=self.allowed_lateness_seconds * 1000,
+            score_interval_ms=int(self.score_interval_seconds * 1000),
+            dedup_window_ms=self.dedup_window_seconds * 1000,
+            dedup_max_keys=self.dedup_max_keys,
+        )

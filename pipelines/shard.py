@@ -12,6 +12,17 @@ and becomes a dead letter with reason ``late``. Judging it against the shard
 clock instead would reject a whole lagging partition during a catch-up, since
 one partition is often read far ahead of another. Everything within the
 lateness is applied exactly, whatever its order (see :mod:`pipelines.state`).
+
+Duplicates (a producer retry re-sending an ``event_id``) are dropped before they
+touch state (:mod:`pipelines.dedup`) and counted, not dead-lettered.
+
+Scoring cadence: a user whose state changed is re-scored at most once per
+``score_interval_ms`` of event time, which bounds model work under a burst (a
+user sending 50 events a minute during a live-stream is scored once or twice,
+not 50 times). Users not yet due stay *pending* and are scored by a later
+activation, or by :meth:`ShardProcessor.flush` at the end of the input. A
+stage change is never delayed: it is emitted at once, so transitions trigger
+automation on time.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pipelines.dedup import Deduplicator
 from pipelines.events import EventColumns, Rejection, RejectReason
 from pipelines.features import compute_features
 from pipelines.stages import StageRules, assign_stages
@@ -53,6 +65,7 @@ class ShardResult:
     rejects: list[Rejection] = field(default_factory=list)
     applied: int = 0
     timer_rows: int = 0
+    duplicates: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +73,29 @@ class ShardConfig:
     rules: StageRules = StageRules()
     allowed_lateness_ms: int = 6 * 3_600_000
     timer_bucket_ms: int = 3_600_000
+    #: a touched user is re-scored at most once per this much event time (0 = every batch)
+    score_interval_ms: int = 30_000
+    #: duplicate event ids are recognised within one to two such windows of event time
+    dedup_window_ms: int = 6 * 3_600_000
+    #: keys per dedup generation (two are kept): bounds dedup memory per shard
+    dedup_max_keys: int = 4_000_000
 
 
 class ShardProcessor:
     """State, timers and stage bookkeeping of one shard."""
 
-    def __init__(self, cfg: ShardConfig, state: ShardState | None = None, timers: SilenceTimers | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ShardConfig,
+        state: ShardState | None = None,
+        timers: SilenceTimers | None = None,
+        dedup: Deduplicator | None = None,
+    ) -> None:
         self.cfg = cfg
         self.state = state or ShardState()
+        self.dedup = dedup or Deduplicator(cfg.dedup_window_ms, cfg.dedup_max_keys)
+        #: rows whose state changed but whose score is not yet due (cadence)
+        self.pending = np.zeros(0, np.int64)
         #: newest event time seen per input partition ("source:partition"): the lateness reference
         self.partition_clock: dict[str, int] = {}
         rules = cfg.rules
@@ -97,6 +125,12 @@ class ShardProcessor:
                     ev = ev.take(~late)
             if len(ev):
                 self.partition_clock[part] = max(newest, int(ev.ts_ms.max()))
+        duplicates = 0
+        if len(ev):
+            fresh = self.dedup.first_seen(ev.event_key, ev.ts_ms)
+            duplicates = int((~fresh).sum())
+            if duplicates:
+                ev = ev.take(fresh)
         applied = st.apply(ev)
         if clock_hint_ms is not None and clock_hint_ms > st.clock_ms and st.n:
             st.clock_ms = clock_hint_ms
@@ -105,9 +139,16 @@ class ShardProcessor:
         touched = applied.rows
         self.timers.schedule(touched, st.ts["last_active_ts"][touched])
         due = self.timers.pop_due(st.clock_ms)
-        rows = self._emit(touched, due, ev.read_at_ms)
+        changed = np.union1d(touched, self.pending) if self.pending.shape[0] else touched
+        rows = self._emit(changed, due, ev.read_at_ms)
         n_applied = len(ev) - int(applied.collisions.sum())
-        return ShardResult(rows, rejects, n_applied, int(due.shape[0]))
+        return ShardResult(rows, rejects, n_applied, int(due.shape[0]), duplicates)
+
+    def flush(self) -> ShardResult:
+        """Score every pending user now, cadence or not (end of input, graceful stop)."""
+        if self.pending.shape[0] == 0:
+            return ShardResult(None)
+        return ShardResult(self._emit(self.pending, np.zeros(0, np.int64), 0, force=True))
 
     def advance(self, clock_ms: int) -> ShardResult:
         """Move the clock forward without events (idle stream) and fire due timers."""
@@ -116,27 +157,44 @@ class ShardProcessor:
             return ShardResult(None)
         st.clock_ms = clock_ms
         due = self.timers.pop_due(clock_ms)
-        return ShardResult(self._emit(np.zeros(0, np.int64), due, 0), timer_rows=int(due.shape[0]))
+        changed = self.pending
+        return ShardResult(self._emit(changed, due, 0), timer_rows=int(due.shape[0]))
 
-    def _emit(self, touched: npt.NDArray[np.int64], due: npt.NDArray[np.int64], read_at_ms: int) -> FeatureRows | None:
-        """Features of touched users, plus due users whose stage actually changed."""
+    def _emit(
+        self,
+        changed: npt.NDArray[np.int64],
+        timer_due: npt.NDArray[np.int64],
+        read_at_ms: int,
+        *,
+        force: bool = False,
+    ) -> FeatureRows | None:
+        """Rows to score now: changed users whose cadence is due (all of them if ``force``),
+        and any user whose stage changed (touched or timer-fired). The rest stay pending.
+        """
         st = self.state
-        if due.shape[0]:
-            due = due[~np.isin(due, touched)]
-        rows = np.concatenate([touched, due]) if due.shape[0] else touched
+        now = st.clock_ms
+        if timer_due.shape[0]:
+            timer_due = timer_due[~np.isin(timer_due, changed)]
+        rows = np.concatenate([changed, timer_due]) if timer_due.shape[0] else changed
         if rows.shape[0] == 0:
             return None
-        now = st.clock_ms
         feats = compute_features(st, rows, now)
         stage = assign_stages(feats, self.cfg.rules)
         prev = st.stage[rows].copy()
-        keep = np.ones(rows.shape[0], bool)
-        keep[touched.shape[0] :] = stage[touched.shape[0] :] != prev[touched.shape[0] :]
+        keep = stage != prev
+        n_changed = changed.shape[0]
+        if force:
+            keep[:n_changed] = True
+        else:
+            last = st.scored_ms[changed]
+            keep[:n_changed] |= (last == NEVER) | (now - last >= self.cfg.score_interval_ms)
+        self.pending = changed[~keep[:n_changed]]
         if not keep.all():
             rows, feats, stage, prev = rows[keep], feats[keep], stage[keep], prev[keep]
         if rows.shape[0] == 0:
             return None
         st.stage[rows] = stage
+        st.scored_ms[rows] = now
         last_ev = np.maximum(st.ts["last_active_ts"][rows], st.ts["last_exit_ts"][rows])
         return FeatureRows(
             user_id=st.user_id[rows],
@@ -155,10 +213,18 @@ class ShardProcessor:
             "state": self.state.snapshot_arrays(),
             "timers": self.timers.snapshot(),
             "partition_clock": dict(self.partition_clock),
+            "dedup": self.dedup.snapshot(),
+            "pending": self.pending.copy(),
         }
 
     @classmethod
     def restore(cls, cfg: ShardConfig, snap: dict[str, Any]) -> ShardProcessor:
-        proc = cls(cfg, ShardState.restore(snap["state"]), SilenceTimers.restore(snap["timers"]))
-        proc.partition_clock = dict(snap.get("partition_clock", {}))
+        proc = cls(
+            cfg,
+            ShardState.restore(snap["state"]),
+            SilenceTimers.restore(snap["timers"]),
+            Deduplicator.restore(snap["dedup"]),
+        )
+        proc.partition_clock = dict(snap["partition_clock"])
+        proc.pending = snap["pending"]
         return proc

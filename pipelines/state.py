@@ -114,6 +114,7 @@ _ROW_ARRAYS: tuple[str, ...] = (
     "coupon_redeems",
     "active_bits",
     "stage",
+    "scored_ms",
 )
 
 
@@ -162,6 +163,7 @@ class ShardState:
         self.coupon_redeems = np.zeros(capacity, np.int32)
         self.active_bits = np.zeros(capacity, np.uint64)  # bit i: active on day (last active day - i)
         self.stage = np.full(capacity, -1, np.int8)  # last emitted stage code, -1 = never scored
+        self.scored_ms = np.full(capacity, NEVER, np.int64)  # shard clock at the user's last score
 
     def _grow(self, need: int) -> None:
         if need <= self.capacity:

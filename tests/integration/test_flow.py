@@ -130,3 +130,20 @@ def test_metrics_endpoint_serves_the_run_counters(tmp_path: Path) -> None:
 def test_unknown_store_scheme_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="chdb://PATH or http"):
         Settings(store="mysql://x")
+
+
+def test_retried_events_are_counted_as_duplicates_and_change_no_score(tmp_path: Path) -> None:
+    sim = simulate(SimConfig(users=150, days=5))
+    clean, retried = tmp_path / "clean", tmp_path / "retried"
+    clean.mkdir()
+    retried.mkdir()
+    write_jsonl(sim.events, clean / "e.jsonl")
+    lines = (clean / "e.jsonl").read_bytes().splitlines()
+    with_retries = lines[:300] + lines[250:300] + lines[300:] + lines[-20:]  # producer retries
+    (retried / "e.jsonl").write_bytes(b"\n".join(with_retries) + b"\n")
+    sql = "SELECT user_id, stage, churn_risk, purchase_propensity, version FROM user_scores FINAL ORDER BY user_id"
+    _run(clean, input=str(clean / "e.jsonl"))
+    res = _run(retried, input=str(retried / "e.jsonl"))
+    assert res.duplicates == 70
+    assert res.events_in == res.events_applied + res.duplicates + sum(res.rejected.values())
+    assert _query(retried, sql) == _query(clean, sql)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from pipelines.events import CHANNEL_CODE, TYPE_CODE, EventColumns, RawBatch, hash_strings
 
+_EVENT_SEQ = itertools.count(1)
 DAY_MS = 86_400_000
 T0 = 1_790_000_000_000  # 2026-09-21T13:33:20Z
 NOW = T0 + 400 * DAY_MS  # a wall clock later than every test event
@@ -42,7 +44,7 @@ def columns(rows: list[tuple[str, int, str] | tuple[str, int, str, float]]) -> E
     return EventColumns(
         user_key=hash_strings(ids),
         user_id=ids,
-        event_key=np.arange(n, dtype=np.int64),
+        event_key=np.fromiter((next(_EVENT_SEQ) for _ in range(n)), np.int64, n),  # unique: not duplicates
         ts_ms=np.array([r[1] for r in rows], np.int64),
         type_code=np.array([TYPE_CODE[r[2]] for r in rows], np.int8),
         channel_code=np.full(n, CHANNEL_CODE["wecom"], np.int8),
