@@ -195,7 +195,7 @@ class ShardProcessor:
             return None
         st.stage[rows] = stage
         st.scored_ms[rows] = now
-        last_ev = np.maximum(st.ts["last_active_ts"][rows], st.ts["last_exit_ts"][rows])
+        last_ev = st.ts["ref_ts"][rows]  # the decay reference is the row's newest event of any type
         return FeatureRows(
             user_id=st.user_id[rows],
             features=feats,

@@ -106,3 +106,9 @@ def test_lateness_is_judged_per_input_partition_so_a_lagging_partition_is_not_la
     proc.process(dataclasses.replace(ahead, partition=0))
     res = proc.process(dataclasses.replace(behind, partition=1))
     assert res.rejects == [] and res.applied == 1
+
+
+def test_last_event_time_covers_every_event_type() -> None:
+    res = ShardProcessor(ShardConfig()).process(columns([("g", T0, "leave_group"), ("h", T0 + 5, "unfollow")]))
+    assert res.rows is not None
+    assert sorted(res.rows.last_event_ms.tolist()) == [T0, T0 + 5]
