@@ -155,7 +155,9 @@ class EventColumns:
     source: str = ""
     partition: int = -1
     offsets: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
-    payloads: npt.NDArray[np.object_] = field(default_factory=lambda: np.zeros(0, object))
+    #: row -> index into ``batch_payloads`` (the raw batch, shared, not copied per shard)
+    payload_idx: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    batch_payloads: Sequence[bytes] = ()
     read_at_ms: int = 0
 
     def __len__(self) -> int:
@@ -174,15 +176,16 @@ class EventColumns:
             source=self.source,
             partition=self.partition,
             offsets=self.offsets[idx],
-            payloads=self.payloads[idx],
+            payload_idx=self.payload_idx[idx],
+            batch_payloads=self.batch_payloads,
             read_at_ms=self.read_at_ms,
         )
 
     def rejections(self, mask: npt.NDArray[np.bool_], reason: RejectReason, detail: str = "") -> list[Rejection]:
         """Dead letters for the rows in ``mask`` (used by stages after decoding)."""
         return [
-            Rejection(reason, self.source, self.partition, int(off), bytes(p), detail)
-            for off, p in zip(self.offsets[mask], self.payloads[mask], strict=True)
+            Rejection(reason, self.source, self.partition, int(off), bytes(self.batch_payloads[int(i)]), detail)
+            for off, i in zip(self.offsets[mask], self.payload_idx[mask], strict=True)
         ]
 
     @staticmethod
@@ -214,7 +217,8 @@ class EventColumns:
             source=parts[0].source,
             partition=parts[0].partition,
             offsets=np.concatenate([p.offsets for p in parts]),
-            payloads=np.concatenate([p.payloads for p in parts]),
+            payload_idx=np.arange(sum(len(p) for p in parts), dtype=np.int64),
+            batch_payloads=[p.batch_payloads[int(i)] for p in parts for i in p.payload_idx],
         )
 
 
@@ -303,6 +307,18 @@ def _decode_lines(
     return good, good_idx, bad
 
 
+_TYPE_VOCAB = pa.array(EVENT_TYPES, pa.string())
+_CHANNEL_VOCAB = pa.array(CHANNELS, pa.string())
+
+
+def _codes(values: list[str], vocab: pa.Array) -> npt.NDArray[np.int8]:
+    """Vocabulary codes of ``values`` (-1 for unknown), vectorised through Arrow."""
+    if not values:
+        return np.zeros(0, np.int8)
+    idx = pc.index_in(pa.array(values, pa.string()), value_set=vocab)
+    return idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int8)
+
+
 def _normalise_user_ids(ids: list[str]) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.bool_]]:
     """NFC-normalise ids and flag invalid ones (empty, too long, control chars, padding)."""
     arr = pa.array(ids, type=pa.string())
@@ -342,29 +358,31 @@ def decode_batch(raw: RawBatch, *, now_ms: int, limits: DecodeLimits = DecodeLim
     pos = np.asarray(good_idx, dtype=np.int64)
 
     # --- timestamps: epoch ms ints on the fast path, ISO-8601 (with offset) otherwise
-    ts = np.empty(m, np.int64)
-    ts_bad = np.zeros(m, bool)
     raw_ts = [e.ts for e in wire]
-    for i, t in enumerate(raw_ts):
-        if type(t) is int:
-            ts[i] = t
-        else:
-            assert isinstance(t, dt.datetime)
-            if t.tzinfo is None:
-                ts_bad[i] = True
-                ts[i] = 0
+    ts_bad = np.zeros(m, bool)
+    try:
+        ts = np.fromiter(raw_ts, np.int64, m)  # all epoch ms: one C loop
+    except TypeError:
+        ts = np.empty(m, np.int64)
+        for i, t in enumerate(raw_ts):
+            if isinstance(t, dt.datetime):
+                if t.tzinfo is None:
+                    ts_bad[i] = True
+                    ts[i] = 0
+                else:
+                    ts[i] = int(t.timestamp() * 1000)
             else:
-                ts[i] = int(t.timestamp() * 1000)
+                ts[i] = t
     ts_bad |= ts < MIN_TS_MS
     future = ~ts_bad & (ts > now_ms + limits.max_future_ms)
 
-    types = np.fromiter((TYPE_CODE.get(e.type, -1) for e in wire), np.int8, m)
-    chans = np.fromiter((CHANNEL_CODE.get(e.channel, -1) for e in wire), np.int8, m)
-    amounts_raw = [e.amount for e in wire]
-    amount = np.fromiter((0.0 if a is None else a for a in amounts_raw), np.float64, m)
-    amount_missing = np.fromiter((a is None for a in amounts_raw), bool, m)
+    types = _codes([e.type for e in wire], _TYPE_VOCAB)
+    chans = _codes([e.channel for e in wire], _CHANNEL_VOCAB)
+    # None -> NaN in one C conversion; JSON itself cannot carry NaN (msgspec rejects it as malformed)
+    amount = np.array([e.amount for e in wire], dtype=np.float64) if m else np.zeros(0, np.float64)
+    amount_missing = np.isnan(amount)
     monetary = (types == TYPE_CODE["order"]) | (types == TYPE_CODE["refund"])
-    amount = np.where(monetary, amount, 0.0)
+    amount = np.where(monetary & ~amount_missing, amount, 0.0)
 
     user_ids, uid_bad = (
         _normalise_user_ids([e.user_id for e in wire]) if m else (np.zeros(0, object), np.zeros(0, bool))
@@ -389,10 +407,12 @@ def decode_batch(raw: RawBatch, *, now_ms: int, limits: DecodeLimits = DecodeLim
                 rejected.append((int(pos[j]), reason, _detail(reason, wire[j])))
             ok &= ~hit
 
-    keep = np.flatnonzero(ok)
-    payload_arr = np.empty(n, dtype=object)
-    payload_arr[:] = list(raw.payloads)
-    ev_ids = np.asarray([wire[j].event_id for j in keep], dtype=object)
+    if ok.all():  # the common case: no fancy-index copies
+        keep: npt.NDArray[np.intp] | slice = slice(None)
+        ev_ids = np.asarray([e.event_id for e in wire], dtype=object)
+    else:
+        keep = np.flatnonzero(ok)
+        ev_ids = np.asarray([wire[j].event_id for j in keep], dtype=object)
     events = EventColumns(
         user_key=hash_strings(user_ids[keep]),
         user_id=user_ids[keep],
@@ -404,7 +424,8 @@ def decode_batch(raw: RawBatch, *, now_ms: int, limits: DecodeLimits = DecodeLim
         source=raw.source,
         partition=raw.partition,
         offsets=raw.offsets[pos[keep]] if m else np.zeros(0, np.int64),
-        payloads=payload_arr[pos[keep]] if m else np.zeros(0, object),
+        payload_idx=pos[keep],
+        batch_payloads=raw.payloads,
         read_at_ms=raw.read_at_ms,
     )
     rejects = [

@@ -52,5 +52,6 @@ def columns(rows: list[tuple[str, int, str] | tuple[str, int, str, float]]) -> E
         source="test",
         partition=0,
         offsets=np.arange(n, dtype=np.int64),
-        payloads=np.array([b"{}"] * n, dtype=object),
+        payload_idx=np.arange(n, dtype=np.int64),
+        batch_payloads=[b"{}"] * n,
     )
