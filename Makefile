@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.core
 
 # Retrain the committed default model from simulated history (deterministic).
 model: $(STAMP)

@@ -87,6 +87,7 @@ def run_pipeline(
     on_batch: Callable[[int], None] | None = None,
     on_source: Callable[[int | None], None] | None = None,
     serve_metrics: bool = True,
+    source: Source[RawBatch] | None = None,
 ) -> RunResult:
     """Run the flow until the source ends (files, simulator) or the process is stopped (Kafka)."""
     registry = registry if registry is not None else CollectorRegistry()
@@ -101,7 +102,10 @@ def run_pipeline(
         metrics.scoring_device.labels(device=scorer.device.type).set(1)
         if serve_metrics:
             serve(registry, s.metrics_host, s.metrics_port)
-        source, kind, expected = make_source(s, clock)
+        if source is None:
+            source, kind, expected = make_source(s, clock)
+        else:  # injected (benchmarks, embedding applications)
+            kind, expected = "custom", None
         if on_source is not None:
             on_source(expected)
         flow = build_flow(
