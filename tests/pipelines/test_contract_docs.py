@@ -17,3 +17,12 @@ def test_events_doc_names_every_type_channel_and_reject_reason() -> None:
     text = (DOCS / "events.md").read_text()
     for word in (*EVENT_TYPES, *CHANNELS, *(r.value for r in RejectReason)):
         assert f"`{word}`" in text, word
+
+
+def test_features_doc_lists_the_registry_in_order() -> None:
+    from pipelines.features import REGISTRY, schema_hash
+
+    text = (DOCS / "features.md").read_text()
+    assert schema_hash() in text
+    for i, spec in enumerate(REGISTRY):
+        assert f"| {i} | `{spec.name}` |" in text, spec.name
