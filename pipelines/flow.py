@@ -200,7 +200,8 @@ def build_flow(
 
     score = ScoreStep(scorer, cfg.shard.rules, metrics, clock)
     score_rows = op.flat_map("score", results, score)
-    op.output("store", op.merge("records", score_rows, reject_rows), StoreSink(store, metrics, clock=clock))
+    records = op.key_on("to_store", op.merge("records", score_rows, reject_rows), lambda _: "store")
+    op.output("store", records, StoreSink(store, metrics, clock=clock))
     return flow
 
 

@@ -101,11 +101,12 @@ class Scorer:
             t0 = time.perf_counter()
             x = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device, non_blocking=True)
             probs, attr = input_x_gradient(self.model, x, head=0)
+            k = min(N_REASONS, attr.shape[1])
+            top_attr, top = torch.topk(attr, k, dim=1)  # sorted, strongest first
             p = probs.cpu().numpy()
-            a = attr.cpu().numpy()
             churn[i : i + len(chunk)] = p[:, 0]
             prop[i : i + len(chunk)] = p[:, 1]
-            reasons.append(self._phrases(chunk, a))
+            reasons.append(self._phrases(chunk, top.cpu().numpy(), top_attr.cpu().numpy()))
             if self.metrics:
                 self.metrics.scoring_seconds.observe(time.perf_counter() - t0)
                 self.metrics.scoring_batch_rows.observe(len(chunk))
@@ -114,21 +115,18 @@ class Scorer:
         merged = pa.concat_arrays(reasons) if reasons else pa.array([], pa.list_(pa.string()))
         return Scores(churn, prop, merged)
 
-    def _phrases(self, x: npt.NDArray[np.float32], attr: npt.NDArray[np.float32]) -> pa.ListArray:
+    def _phrases(
+        self, x: npt.NDArray[np.float32], top: npt.NDArray[np.int64], top_attr: npt.NDArray[np.float32]
+    ) -> pa.ListArray:
         """Top churn drivers per row as short phrases (only features that raise the risk).
 
-        Vectorised: rows share few distinct (feature, direction, value) triples,
-        so each distinct phrase is formatted once (and cached across batches) and
-        the per-row lists are assembled as an Arrow list array without a Python
-        loop over rows.
+        ``top``/``top_attr``: per row, the strongest attributions' feature indices and
+        values, strongest first. Rows share few distinct (feature, direction,
+        value) triples, so each distinct phrase is formatted once (and cached
+        across batches) and the per-row lists are assembled as an Arrow list
+        array without a Python loop over rows.
         """
         n = x.shape[0]
-        k = min(N_REASONS, attr.shape[1])
-        top = np.argpartition(-attr, k - 1, axis=1)[:, :k]
-        top_attr = np.take_along_axis(attr, top, axis=1)
-        order = np.argsort(-top_attr, axis=1)
-        top = np.take_along_axis(top, order, axis=1)
-        top_attr = np.take_along_axis(top_attr, order, axis=1)
         vals = np.take_along_axis(x, top, axis=1).astype(np.float64)
         high = vals >= self._mean_raw[top]
         valid = top_attr > 0  # sorted descending, so the valid ones are a prefix of each row

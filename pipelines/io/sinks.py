@@ -1,11 +1,20 @@
 """The Bytewax sink that writes :class:`~pipelines.records.Records` to a :class:`Store`.
 
-Delivery: at-least-once. Each ``write_batch`` groups the records of one Bytewax
-batch per table and inserts one block per table; a failed insert raises, which
-stops the worker *before* the epoch's snapshot is committed, so a restart
-replays from the previous snapshot and re-inserts. Re-inserting is harmless:
-every table is a ReplacingMergeTree whose key makes replayed rows collapse
-under ``FINAL``.
+Inserts are the expensive part of the store path (about 10 ms fixed per chDB
+insert, DESIGN.md), so records are buffered per table and written as few, large
+blocks. Delivery and ordering, step by step:
+
+1. ``write_batch`` appends records to the buffer; it inserts when the buffer
+   holds ``flush_rows`` rows or its oldest record is ``flush_seconds`` old.
+2. ``snapshot`` (Bytewax calls it at the end of every epoch, after the epoch's
+   last ``write_batch`` and *before* the epoch's state snapshots are committed)
+   inserts everything buffered. So no epoch is ever recorded as done while its
+   scores are still only in memory: a crash loses no scores, it replays them.
+3. A failed insert raises, which stops the worker before the epoch commits; the
+   restart replays from the previous snapshot and re-inserts. Re-inserting is
+   harmless: every table is a ReplacingMergeTree whose key collapses replayed
+   rows under ``FINAL`` (at-least-once delivery, idempotent result).
+4. ``close`` (end of a finite input) inserts what is left.
 """
 
 from __future__ import annotations
@@ -16,26 +25,55 @@ from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from pipelines.io.store import Store
 from pipelines.metrics import PipelineMetrics
 from pipelines.records import Records
 
 _FRESHNESS_SAMPLES = 64  # per insert: observing every row would cost more than the insert
+PART = "store"
 
 
-class _StorePartition(StatelessSinkPartition[Records]):
-    def __init__(self, store: Store, metrics: PipelineMetrics, clock: Callable[[], float]) -> None:
+class _StorePartition(StatefulSinkPartition[Records, None]):
+    def __init__(
+        self,
+        store: Store,
+        metrics: PipelineMetrics,
+        clock: Callable[[], float],
+        flush_rows: int,
+        flush_seconds: float,
+    ) -> None:
         self._store = store
         self._m = metrics
         self._clock = clock
+        self._flush_rows = flush_rows
+        self._flush_seconds = flush_seconds
+        self._buf: dict[str, list[Records]] = defaultdict(list)
+        self._rows = 0
+        self._oldest = 0.0
 
     def write_batch(self, items: list[Records]) -> None:
-        by_table: dict[str, list[Records]] = defaultdict(list)
+        if not items:
+            return
+        if not self._rows:
+            self._oldest = self._clock()
         for rec in items:
-            by_table[rec.table].append(rec)
-        for table, recs in by_table.items():
+            self._buf[rec.table].append(rec)
+            self._rows += rec.data.num_rows
+        if self._rows >= self._flush_rows or self._clock() - self._oldest >= self._flush_seconds:
+            self._flush()
+
+    def snapshot(self) -> None:
+        self._flush()  # before the epoch commits: see the module docstring, step 2
+        return None
+
+    def close(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        for table in list(self._buf):
+            recs = self._buf[table]
             data = pa.concat_tables([r.data for r in recs]) if len(recs) > 1 else recs[0].data
             t0 = time.perf_counter()
             try:
@@ -46,6 +84,8 @@ class _StorePartition(StatelessSinkPartition[Records]):
             self._m.sink_seconds.labels(table=table).observe(time.perf_counter() - t0)
             self._m.rows_written.labels(table=table).inc(data.num_rows)
             self._observe_freshness(recs)
+            del self._buf[table]  # only once written: a failed insert keeps its rows for the replay
+        self._rows = 0
 
     def _observe_freshness(self, recs: list[Records]) -> None:
         now = self._clock()
@@ -58,13 +98,35 @@ class _StorePartition(StatelessSinkPartition[Records]):
                     self._m.freshness.observe(max(0.0, now - ms / 1000))
 
 
-class StoreSink(DynamicSink[Records]):
-    """All records of the flow into one store (shared by the workers of a process)."""
+class StoreSink(FixedPartitionedSink[Records, None]):
+    """All records of the flow into one store, through one buffering partition.
 
-    def __init__(self, store: Store, metrics: PipelineMetrics, *, clock: Callable[[], float] = time.time) -> None:
+    Items are ``(key, Records)``; every key maps to the single partition, so a
+    multi-worker process still inserts large blocks from one place.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: PipelineMetrics,
+        *,
+        clock: Callable[[], float] = time.time,
+        flush_rows: int = 200_000,
+        flush_seconds: float = 0.5,
+    ) -> None:
+        if flush_rows <= 0 or flush_seconds < 0:
+            raise ValueError(f"flush_rows must be > 0 and flush_seconds >= 0, got {flush_rows}, {flush_seconds}")
         self._store = store
         self._metrics = metrics
         self._clock = clock
+        self._flush_rows = flush_rows
+        self._flush_seconds = flush_seconds
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StorePartition:
-        return _StorePartition(self._store, self._metrics, self._clock)
+    def list_parts(self) -> list[str]:
+        return [PART]
+
+    def part_fn(self, item_key: str) -> int:
+        return 0
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _StorePartition:
+        return _StorePartition(self._store, self._metrics, self._clock, self._flush_rows, self._flush_seconds)
