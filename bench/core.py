@@ -127,7 +127,7 @@ def bench_state_bytes(n_users: int) -> None:
                 amount=np.zeros(n),
             )
         )
-    arrays_per_row = st.nbytes() / st.capacity
+    arrays_per_row = st.nbytes() / st.n  # allocated arrays per live user: growth slack included
     index = st._index.sizeof() / st.n
     ids = sum(sys.getsizeof(x) for x in st.user_id[: st.n]) / st.n
     emit(

@@ -168,7 +168,10 @@ class ShardState:
     def _grow(self, need: int) -> None:
         if need <= self.capacity:
             return
-        cap = max(need, self.capacity * 2)
+        # Doubling while small; +25% past a million rows, so that growth slack stays
+        # a quarter of the state at most (state bytes per user is a capacity-planning figure).
+        step = self.capacity if self.capacity < (1 << 20) else self.capacity // 4
+        cap = max(need, self.capacity + step)
         old = self.snapshot_arrays()
         self._alloc(cap)
         self._restore_arrays(old)
