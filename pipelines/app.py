@@ -9,6 +9,7 @@ real store with their own registry.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from bytewax.recovery import RecoveryConfig
 from bytewax.run import cli_main
 from prometheus_client import CollectorRegistry
 
+from pipelines.drift import DriftMonitor, DriftReference
 from pipelines.events import DecodeLimits, RawBatch
 from pipelines.flow import FlowConfig, build_flow
 from pipelines.io.sources import FileSource, IteratorSource
@@ -100,6 +102,12 @@ def run_pipeline(
         scorer = Scorer.from_dir(s.model_dir, device=s.device, max_batch_rows=s.score_batch_rows, metrics=metrics)
         metrics.model_info.info({"version": scorer.model_version, "schema": str(scorer.artifact.meta["schema_hash"])})
         metrics.scoring_device.labels(device=scorer.device.type).set(1)
+        reference = DriftReference.from_meta(scorer.artifact.meta)
+        drift = DriftMonitor(reference, metrics) if reference is not None else None
+        if drift is None:
+            log.warning("model %s has no drift reference: drift gauges stay empty", scorer.model_version)
+        if os.environ.get("BYTEWAX_DATAFLOW_API_ENABLED"):
+            log.warning("BYTEWAX_DATAFLOW_API_ENABLED is set: Bytewax's own API server binds 0.0.0.0")
         if serve_metrics:
             serve(registry, s.metrics_host, s.metrics_port)
         if source is None:
@@ -117,6 +125,7 @@ def run_pipeline(
             source_kind=kind,
             clock=clock,
             on_batch=on_batch,
+            drift=drift,
         )
         recovery = RecoveryConfig(str(s.recovery_dir)) if s.recovery_dir else None
         if s.recovery_dir:

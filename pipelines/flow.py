@@ -31,6 +31,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
 
+from pipelines.drift import DriftMonitor
 from pipelines.events import Decoded, DecodeLimits, EventColumns, RawBatch, Rejection, decode_batch
 from pipelines.io.sinks import StoreSink
 from pipelines.io.store import Store
@@ -139,17 +140,29 @@ class ShardLogic(StatefulLogic[tuple[str, EventColumns, int], ShardResult, dict[
 class ScoreStep:
     """Feature rows -> store records (user_scores, stage_transitions)."""
 
-    def __init__(self, scorer: Scorer, rules: StageRules, metrics: PipelineMetrics, clock: Clock) -> None:
+    def __init__(
+        self,
+        scorer: Scorer,
+        rules: StageRules,
+        metrics: PipelineMetrics,
+        clock: Clock,
+        drift: DriftMonitor | None = None,
+    ) -> None:
         self.scorer = scorer
         self.rules = rules
         self.metrics = metrics
         self.clock = clock
+        self.drift = drift
 
     def __call__(self, res: ShardResult) -> list[Records]:
         rows = res.rows
         if rows is None or len(rows) == 0:
             return []
         scores = self.scorer.score(rows.features)
+        if self.drift is not None:
+            self.drift.observe(
+                rows.features, {"churn_risk": scores.churn_risk, "purchase_propensity": scores.purchase_propensity}
+            )
         tiers = assign_tiers(rows.features, self.rules)
         risk = at_risk(rows.stage, scores.churn_risk, self.rules)
         self.metrics.batches.labels(step="score").inc()
@@ -167,6 +180,7 @@ def build_flow(
     source_kind: str,
     clock: Clock = time.time,
     on_batch: Callable[[int], None] | None = None,
+    drift: DriftMonitor | None = None,
 ) -> Dataflow:
     """Wire the dataflow. ``on_batch(n)`` is called with each raw batch's size (progress bars)."""
     flow = Dataflow("lifecycle")
@@ -198,7 +212,7 @@ def build_flow(
     all_rejects = op.merge("rejects", decode_rejects, state_rejects)
     reject_rows = op.map("reject_rows", all_rejects, lambda rs: reject_records(rs, int(clock() * 1000)))
 
-    score = ScoreStep(scorer, cfg.shard.rules, metrics, clock)
+    score = ScoreStep(scorer, cfg.shard.rules, metrics, clock, drift)
     score_rows = op.flat_map("score", results, score)
     records = op.key_on("to_store", op.merge("records", score_rows, reject_rows), lambda _: "store")
     op.output("store", records, StoreSink(store, metrics, clock=clock))

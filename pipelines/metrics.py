@@ -2,12 +2,17 @@
 
 Every metric is created on the registry passed in (tests use a fresh one);
 nothing registers on import. Labels are bounded enumerations (reason, table,
-stage, source kind, shard); never a user id.
+stage, source kind, shard, partition, drift column); never a user id. The
+catalogue with units and meaning is ``docs/metrics.md``; the dashboards and
+alert rules under ``infra/`` are tested against these names.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+import platform
+from importlib import metadata
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, start_http_server
 
 from pipelines.events import RejectReason
 from pipelines.stages import STAGES
@@ -15,6 +20,9 @@ from pipelines.stages import STAGES
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 _FRESHNESS_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400)
 _ROW_BUCKETS = (1, 16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+#: Tables the sink writes (``sql/migrations``). Their per-table series exist from the start,
+#: so ``rate()`` and the sink-error alert see 0 rather than no data before the first write.
+TABLES: tuple[str, ...] = ("user_scores", "stage_transitions", "rejected_events")
 
 
 class PipelineMetrics:
@@ -74,10 +82,50 @@ class PipelineMetrics:
         )
         self.model_info = Info("lifecycle_model", "Model artifact in use", registry=r)
         self.build_info = Info("lifecycle_build", "Build information", registry=r)
+        self.build_info.info(build_labels())
         self.scoring_device = Gauge(
             "lifecycle_scoring_device", "1 for the device scoring runs on", ["device"], registry=r
         )
+        self.kafka_lag = Gauge(
+            "lifecycle_kafka_consumer_lag",
+            "Kafka messages behind the partition's high watermark (consumer lag)",
+            ["partition"],
+            registry=r,
+        )
+        self.drift_psi = Gauge(
+            "lifecycle_drift_psi",
+            "Population stability index of a score or feature against the model's training reference",
+            ["kind", "name"],
+            registry=r,
+        )
+        self.drift_rows = Gauge(
+            "lifecycle_drift_window_rows",
+            "Effective scored rows in the drift window (exponentially decayed count)",
+            registry=r,
+        )
+        for table in TABLES:
+            self.rows_written.labels(table=table)
+            self.sink_errors.labels(table=table)
+        # CPU, memory, open files of this process (process_*), on the same endpoint.
+        ProcessCollector(registry=r)
         self.stages = STAGES
+
+
+def build_labels() -> dict[str, str]:
+    """Versions of this build and of the runtime pieces that change its behaviour."""
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+    return {
+        "version": version("lifecycle-scoring"),
+        "python": platform.python_version(),
+        "bytewax": version("bytewax"),
+        "torch": version("torch"),
+    }
 
 
 def serve(registry: CollectorRegistry, host: str, port: int) -> None:

@@ -28,7 +28,8 @@ class Records:
 
     table: str
     data: pa.Table
-    last_event_ms: npt.NDArray[np.int64] | None = None  # for freshness (user_scores only)
+    #: event times of the rows whose scores measure freshness (user_scores only)
+    last_event_ms: npt.NDArray[np.int64] | None = None
     read_at_ms: int = 0
 
 
@@ -60,7 +61,7 @@ def score_records(
             "version": pa.array(version, pa.uint64()),
         }
     )
-    out = [Records("user_scores", user_scores, rows.last_event_ms, rows.read_at_ms)]
+    out = [Records("user_scores", user_scores, rows.last_event_ms[rows.from_events], rows.read_at_ms)]
     changed = np.flatnonzero(rows.prev_stage != rows.stage)
     if changed.shape[0]:
         prev = np.where(rows.prev_stage[changed] < 0, "none", _STAGE_NAMES[np.maximum(rows.prev_stage[changed], 0)])

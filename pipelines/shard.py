@@ -49,7 +49,10 @@ class FeatureRows:
     features: npt.NDArray[np.float32]
     stage: npt.NDArray[np.int8]
     prev_stage: npt.NDArray[np.int8]  # -1: first time this user is scored
-    last_event_ms: npt.NDArray[np.int64]  # newest event of the user (freshness)
+    last_event_ms: npt.NDArray[np.int64]  # newest event of the user
+    #: rows scored because their own events changed them (not a silence timer): the
+    #: only rows whose event-to-score delay is a freshness measurement
+    from_events: npt.NDArray[np.bool_]
     version: int  # shard clock (event-time ms): monotonic per user, the ReplacingMergeTree version
     read_at_ms: int  # wall-clock ms the newest contributing batch was read (0 for timer-only rows)
 
@@ -189,8 +192,10 @@ class ShardProcessor:
             last = st.scored_ms[changed]
             keep[:n_changed] |= (last == NEVER) | (now - last >= self.cfg.score_interval_ms)
         self.pending = changed[~keep[:n_changed]]
+        from_events = np.arange(rows.shape[0]) < n_changed
         if not keep.all():
             rows, feats, stage, prev = rows[keep], feats[keep], stage[keep], prev[keep]
+            from_events = from_events[keep]
         if rows.shape[0] == 0:
             return None
         st.stage[rows] = stage
@@ -202,6 +207,7 @@ class ShardProcessor:
             stage=stage,
             prev_stage=prev,
             last_event_ms=last_ev,
+            from_events=from_events,
             version=int(now),
             read_at_ms=read_at_ms,
         )

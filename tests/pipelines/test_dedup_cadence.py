@@ -68,3 +68,12 @@ def test_a_stage_change_is_emitted_at_once_whatever_the_cadence() -> None:
     proc.process(columns([("a", T0, "page_view")]))
     res = proc.process(columns([("a", T0 + 10 * S, "unfollow")]))  # churned, 10 s later
     assert res.rows is not None and res.rows.stage.tolist() == [4]
+
+
+def test_only_rows_changed_by_their_own_events_count_toward_freshness() -> None:
+    proc = ShardProcessor(ShardConfig(score_interval_ms=0))
+    proc.process(columns([("silent", T0, "page_view"), ("busy", T0, "page_view")]))
+    res = proc.process(columns([("busy", T0 + 20 * D, "page_view")]))  # silent turns dormant by timer
+    assert res.rows is not None
+    by_user = dict(zip(res.rows.user_id.tolist(), res.rows.from_events.tolist(), strict=True))
+    assert by_user == {"busy": True, "silent": False}
