@@ -109,6 +109,38 @@ def bench_core(users: int, days: int) -> float:
     return rate
 
 
+def bench_snapshot(n_users: int) -> None:
+    """What one Bytewax epoch snapshot of a shard costs (pickle of the copied arrays) and a resume."""
+    import pickle
+
+    from pipelines.shard import ShardConfig, ShardProcessor
+
+    proc = ShardProcessor(ShardConfig())
+    step = 250_000
+    for lo in range(0, n_users, step):
+        ids = np.array([f"u{i:08d}" for i in range(lo, min(n_users, lo + step))], dtype=object)
+        n = ids.shape[0]
+        proc.process(
+            EventColumns(
+                user_key=hash_strings(ids),
+                user_id=ids,
+                event_key=np.arange(lo, lo + n, dtype=np.int64),
+                ts_ms=1_790_000_000_000 + np.arange(n, dtype=np.int64),
+                type_code=np.full(n, TYPE_CODE["order"], np.int8),
+                channel_code=np.zeros(n, np.int8),
+                amount=np.full(n, 10.0),
+            )
+        )
+    t = time.perf_counter()
+    blob = pickle.dumps(proc.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)
+    snap_s = time.perf_counter() - t
+    t = time.perf_counter()
+    ShardProcessor.restore(ShardConfig(), pickle.loads(blob))
+    resume_s = time.perf_counter() - t
+    emit("snapshot_seconds", snap_s, "s", users=n_users, bytes=len(blob), note="one shard, full state, pickled")
+    emit("resume_seconds", resume_s, "s", users=n_users, note="unpickle + rebuild the hash index")
+
+
 def bench_state_bytes(n_users: int) -> None:
     st = ShardState(capacity=1024)
     step = 500_000
@@ -240,6 +272,7 @@ def main() -> int:
     seconds = float(os.environ.get("BENCH_LATENCY_SECONDS", "20"))
     for n in (1_000_000, 5_000_000):
         bench_state_bytes(n)
+    bench_snapshot(1_000_000)
     max_rate = bench_core(users, days)
     bench_latency(max_rate, seconds)
     return 0
