@@ -18,9 +18,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# make demo KAFKA=1: the same demo through a local Kafka-protocol broker (tansu), stopped afterwards.
 demo: $(STAMP)
+ifeq ($(KAFKA),1)
+	$(BIN)/python -m pipelines.kafka_tools demo --users $${DEMO_USERS:-50000} --days $${DEMO_DAYS:-30} \
+		--partitions $${DEMO_PARTITIONS:-2} --store $${DEMO_STORE:-chdb://./data/lifecycle.chdb}
+else
 	$(BIN)/lifecycle run --input simulate --sim-users $${DEMO_USERS:-50000} --sim-days $${DEMO_DAYS:-30} \
 		--store $${DEMO_STORE:-chdb://./data/lifecycle.chdb} --progress --summary
+endif
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
@@ -32,6 +38,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.core
+	$(BIN)/python -m bench.kafka
 
 # Retrain the committed default model from simulated history (deterministic).
 model: $(STAMP)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 from bytewax.inputs import Source
@@ -55,7 +56,9 @@ def flow_config(s: Settings) -> FlowConfig:
     )
 
 
-def make_source(s: Settings, clock: Clock) -> tuple[Source[RawBatch], str, int | None]:
+def make_source(
+    s: Settings, clock: Clock, metrics: PipelineMetrics | None = None
+) -> tuple[Source[RawBatch], str, int | None]:
     """The source for ``s.input``, its kind label, and the number of events if known up front."""
     if s.input == "simulate":
         from pipelines.simulate import SimConfig, iter_ndjson_batches, simulate
@@ -70,8 +73,27 @@ def make_source(s: Settings, clock: Clock) -> tuple[Source[RawBatch], str, int |
     if s.input.startswith("kafka://"):
         from pipelines.io.kafka import KafkaBatchSource
 
-        return KafkaBatchSource.from_url(s.input, settings=s, clock=clock), "kafka", None
+        lag = metrics.kafka_lag if metrics is not None else None
+        return KafkaBatchSource.from_url(s.input, settings=s, clock=clock, lag_gauge=lag), "kafka", None
     return FileSource([Path(p) for p in s.input.split(",")], batch_events=s.batch_events, clock=clock), "file", None
+
+
+def kafka_outputs(s: Settings) -> dict[str, Any]:
+    """The flow's Kafka sinks configured in ``s`` (build_flow keyword arguments), same client options as the source."""
+    if not (s.dead_letter_topic or s.transitions_topic):
+        return {}
+    from pipelines.io.kafka_sinks import KafkaDeadLetterSink, KafkaTransitionsSink
+    from pipelines.metrics import build_labels
+
+    config = {k: v.get_secret_value() for k, v in s.kafka_config.items()}
+    out: dict[str, Any] = {}
+    if s.dead_letter_topic:
+        out["dead_letter_sink"] = KafkaDeadLetterSink.from_url(
+            s.dead_letter_topic, config=config, pipeline_version=build_labels()["version"]
+        )
+    if s.transitions_topic:
+        out["transitions_sink"] = KafkaTransitionsSink.from_url(s.transitions_topic, config=config)
+    return out
 
 
 def open_migrated_store(s: Settings) -> Store:
@@ -111,7 +133,7 @@ def run_pipeline(
         if serve_metrics:
             serve(registry, s.metrics_host, s.metrics_port)
         if source is None:
-            source, kind, expected = make_source(s, clock)
+            source, kind, expected = make_source(s, clock, metrics)
         else:  # injected (benchmarks, embedding applications)
             kind, expected = "custom", None
         if on_source is not None:
@@ -126,6 +148,7 @@ def run_pipeline(
             clock=clock,
             on_batch=on_batch,
             drift=drift,
+            **kafka_outputs(s),
         )
         recovery = RecoveryConfig(str(s.recovery_dir)) if s.recovery_dir else None
         if s.recovery_dir:

@@ -74,7 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=7)
     sim.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2026, 10, 1), help="YYYY-MM-DD")
     sim.add_argument("--horizon-days", type=int, default=30, help="days simulated for ground-truth labels")
-    sim.add_argument("--out", type=Path, required=True, help="events file, .jsonl or .jsonl.gz")
+    sim.add_argument("--out", required=True, help="events file (.jsonl or .jsonl.gz) or kafka://HOST:PORT/TOPIC")
+    sim.add_argument(
+        "--partitions", type=int, default=None, help="partitions of a kafka:// topic created by this run (default 1)"
+    )
     sim.add_argument("--truth", type=Path, help="ground-truth CSV (default: OUT with .truth.csv)")
 
     tr = sub.add_parser("train", help="train a model artifact from an event history")
@@ -146,6 +149,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from pipelines.simulate import SimConfig, simulate, write_jsonl, write_truth_csv
 
+    if args.out.startswith("kafka://"):
+        from pipelines.kafka_tools import simulate_to_kafka
+
+        config = {k: v.get_secret_value() for k, v in _settings({}).kafka_config.items()}  # LIFECYCLE_KAFKA_CONFIG
+        n = simulate_to_kafka(
+            args.out,
+            users=args.users,
+            days=args.days,
+            seed=args.seed,
+            partitions=args.partitions,
+            config=config,
+            start=args.start,
+            horizon_days=args.horizon_days,
+            truth_path=args.truth,
+        )
+        truth = f" and wrote ground truth to {args.truth}" if args.truth else ""
+        print(f"produced {n:,} events to {args.out}{truth}")
+        return 0
+    args.out = Path(args.out)
     res = simulate(
         SimConfig(users=args.users, days=args.days, seed=args.seed, start=args.start, horizon_days=args.horizon_days)
     )

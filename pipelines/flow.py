@@ -30,6 +30,7 @@ import numpy as np
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
+from bytewax.outputs import Sink
 
 from pipelines.drift import DriftMonitor
 from pipelines.events import Decoded, DecodeLimits, EventColumns, RawBatch, Rejection, decode_batch
@@ -181,8 +182,14 @@ def build_flow(
     clock: Clock = time.time,
     on_batch: Callable[[int], None] | None = None,
     drift: DriftMonitor | None = None,
+    dead_letter_sink: Sink[tuple[str, list[Rejection]]] | None = None,
+    transitions_sink: Sink[tuple[str, Records]] | None = None,
 ) -> Dataflow:
-    """Wire the dataflow. ``on_batch(n)`` is called with each raw batch's size (progress bars)."""
+    """Wire the dataflow. ``on_batch(n)`` is called with each raw batch's size (progress bars).
+
+    ``dead_letter_sink`` / ``transitions_sink`` (Kafka, :mod:`pipelines.io.kafka_sinks`): extra
+    outputs beside the store; every sink acknowledges its writes before an epoch commits.
+    """
     flow = Dataflow("lifecycle")
     raw = op.input("events", flow, source)
     in_counter = metrics.events_in.labels(source=source_kind)
@@ -216,6 +223,11 @@ def build_flow(
     score_rows = op.flat_map("score", results, score)
     records = op.key_on("to_store", op.merge("records", score_rows, reject_rows), lambda _: "store")
     op.output("store", records, StoreSink(store, metrics, clock=clock))
+    if dead_letter_sink is not None:
+        op.output("dead_letters_out", op.key_on("to_dead_letters", all_rejects, lambda _: "dlq"), dead_letter_sink)
+    if transitions_sink is not None:
+        transitions = op.filter("transitions_only", score_rows, lambda r: r.table == "stage_transitions")
+        op.output("transitions_out", op.key_on("to_transitions", transitions, lambda _: "t"), transitions_sink)
     return flow
 
 

@@ -89,7 +89,7 @@ class PipelineMetrics:
         self.kafka_lag = Gauge(
             "lifecycle_kafka_consumer_lag",
             "Kafka messages behind the partition's high watermark (consumer lag)",
-            ["partition"],
+            ["topic", "partition"],
             registry=r,
         )
         self.drift_psi = Gauge(

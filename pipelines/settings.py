@@ -7,7 +7,6 @@ behind every flag). Secrets are ``SecretStr`` and never printed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,13 +59,23 @@ class Settings(BaseSettings):
     epoch_seconds: float = Field(10.0, gt=0, description="Bytewax epoch (snapshot) interval")
     recovery_dir: Path | None = Field(None, description="Bytewax recovery store directory (enables resume)")
     kafka_group: str = Field("lifecycle-scoring", description="Kafka consumer group id")
-    kafka_start: Literal["earliest", "latest"] = Field("earliest", description="where a new Kafka run starts")
+    kafka_start: str = Field(
+        "earliest",
+        description="where a new Kafka run starts: earliest | latest | ISO-8601 time with offset | epoch ms "
+        "(first record whose Kafka timestamp is at or after it)",
+    )
     kafka_config: dict[str, SecretStr] = Field(
         default_factory=dict,
         description='librdkafka options as JSON, e.g. {"security.protocol":"SASL_SSL","sasl.password":"..."}; '
         "values are treated as secrets",
     )
     kafka_eof_exit: bool = Field(False, description="stop when every Kafka partition is at its end (tests, backfills)")
+    dead_letter_topic: str | None = Field(
+        None, description="kafka://HOST:PORT/TOPIC: also write dead letters there (original bytes, headers)"
+    )
+    transitions_topic: str | None = Field(
+        None, description="kafka://HOST:PORT/TOPIC: also write stage transitions there (JSON keyed by user_id)"
+    )
     sim_users: int = Field(50_000, ge=1, description="simulated users (--input simulate)")
     sim_days: int = Field(30, ge=1, description="simulated days (--input simulate)")
     sim_seed: int = Field(7, description="simulator seed")
@@ -76,6 +85,23 @@ class Settings(BaseSettings):
     def _store_scheme(cls, v: str) -> str:
         if not v.startswith(("chdb://", "http://", "https://")):
             raise ValueError(f"store must be chdb://PATH or http(s)://HOST:PORT/DB, got {v!r}")
+        return v
+
+    @field_validator("kafka_start")
+    @classmethod
+    def _kafka_start(cls, v: str) -> str:
+        from pipelines.io.kafka import parse_kafka_start
+
+        parse_kafka_start(v)  # ValueError names the accepted forms
+        return v
+
+    @field_validator("dead_letter_topic", "transitions_topic")
+    @classmethod
+    def _kafka_topic_url(cls, v: str | None) -> str | None:
+        from pipelines.io.kafka import parse_kafka_url
+
+        if v is not None:
+            parse_kafka_url(v)
         return v
 
     def stage_rules(self) -> StageRules:

@@ -23,9 +23,17 @@ Delivery and resume semantics (exactly what the code does):
   applies every record once. Records read after that epoch are read again, so
   their store writes may repeat (the sink is at-least-once; the tables collapse
   repeats under ``FINAL``). Without a recovery store every run starts at
-  ``settings.kafka_start``: ``earliest`` (the oldest retained record) or
-  ``latest`` (records produced after the partition was assigned; tansu may
-  also return the last produce batch before it, DESIGN.md section 4).
+  ``settings.kafka_start`` (:func:`parse_kafka_start`): ``earliest`` (the oldest
+  retained record), ``latest`` (records produced after the partition was
+  assigned; tansu may also return the last produce batch before it, DESIGN.md
+  section 4), or a time (ISO-8601 with offset, or epoch ms): the first record
+  whose Kafka timestamp (producer create time or broker append time, not the
+  event's ``ts``) is at or after it, and everything after that record. The
+  offset comes from the broker's time index (``offsets_for_times``); records
+  before the first one at or after the time are then skipped client-side too,
+  because tansu answers every time lookup with offset 0. On Kafka that skip
+  finds nothing to skip. If no record is that new yet, the partition starts at
+  the end.
 * Within a run, every record with a value is handed on once, in offset order,
   in batches of at most ``batch_events``. Records with a null value
   (tombstones) carry no event: they are skipped like blank lines of a file,
@@ -42,6 +50,13 @@ Delivery and resume semantics (exactly what the code does):
   tests and backfills terminate when caught up. Otherwise partitions run until
   the process stops; a caught-up partition polls every 50 ms, and no poll blocks
   the Bytewax worker for more than 5 ms.
+* Consumer lag (``lag_gauge``, ``lifecycle_kafka_consumer_lag``): after every
+  poll, the partition's high watermark minus the next offset to read, never
+  below 0. The high watermark is the one of the latest *fetch response*
+  (``get_watermark_offsets(cached=True)``), not a ListOffsets request: tansu's
+  ListOffsets end offset can be short by one produce batch (DESIGN.md section 4),
+  its fetch responses are right. Records already fetched into the client's
+  queue but not yet handed on count as lag.
 """
 
 from __future__ import annotations
@@ -50,6 +65,7 @@ import logging
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
@@ -60,6 +76,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
+    TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
     KafkaException,
@@ -72,6 +89,8 @@ from confluent_kafka.admin import AdminClient
 from pipelines.events import RawBatch
 
 if TYPE_CHECKING:
+    from prometheus_client import Gauge
+
     from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,6 +140,57 @@ def parse_kafka_url(url: str) -> tuple[str, str]:
     return bootstrap, topic
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Epoch-ms start values below this (2000-01-01) are taken for a unit mistake (seconds), not a time.
+_MIN_START_MS = 946_684_800_000
+
+
+@dataclass(frozen=True, slots=True)
+class StartPosition:
+    """Where a partition without resume state starts: a logical offset, or the first record at a time."""
+
+    #: ``OFFSET_BEGINNING`` (earliest) or ``OFFSET_END`` (latest; also the fallback of a time start)
+    offset: int
+    #: start at the first record whose Kafka timestamp is >= this (epoch ms); None: start at ``offset``
+    timestamp_ms: int | None = None
+
+    def __str__(self) -> str:
+        if self.timestamp_ms is None:
+            return _labels(self.offset)
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def parse_kafka_start(value: str) -> StartPosition:
+    """``earliest`` | ``latest`` | an ISO-8601 time with offset | epoch milliseconds -> :class:`StartPosition`.
+
+    ``2026-10-01T00:00:00+08:00``, ``2026-09-30T16:00:00Z`` and ``1790784000000`` are the same start.
+    A time without an offset is refused (whose midnight?), and so are epoch values before 2000
+    (seconds where milliseconds are meant).
+    """
+    text = value.strip()
+    if text.lower() == "earliest":
+        return StartPosition(OFFSET_BEGINNING)
+    if text.lower() == "latest":
+        return StartPosition(OFFSET_END)
+    if text.isdigit():
+        ms = int(text)
+        if ms < _MIN_START_MS:
+            raise ValueError(
+                f"kafka start {value!r}: epoch values are milliseconds and must be >= {_MIN_START_MS} (2000-01-01)"
+            )
+        return StartPosition(OFFSET_END, ms)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"kafka start must be 'earliest', 'latest', an ISO-8601 time with offset "
+            f"(e.g. 2026-10-01T00:00:00+08:00) or epoch milliseconds, got {value!r}"
+        ) from None
+    if when.tzinfo is None:
+        raise ValueError(f"kafka start {value!r} has no UTC offset: add one, e.g. {text}Z or {text}+08:00")
+    return StartPosition(OFFSET_END, max(0, (when - _EPOCH) // timedelta(milliseconds=1)))
+
+
 def _labels(offset: int) -> str:
     return {OFFSET_BEGINNING: "earliest", OFFSET_END: "latest"}.get(offset, str(offset))
 
@@ -141,17 +211,22 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         eof_exit: bool,
         clock: Clock,
         metadata_timeout_s: float = 10.0,
+        start_timestamp_ms: int | None = None,
+        lag: Gauge | None = None,
     ) -> None:
         self._topic = topic
         self._partition = partition
-        self._next = start
         self._batch = batch_events
         self._eof_exit = eof_exit
         self._clock = clock
         self._at_end = False
         self._idle = False
-        self._checked_start = start < 0  # logical start: no gap check
         self._tombstones = 0
+        self._lag = lag
+        self._tp = TopicPartition(topic, partition)
+        #: skip records older than this until the first that is not (time start; see the module docstring)
+        self._seek_ms = start_timestamp_ms
+        self._seek_skipped = 0
         self._consumer = Consumer(config)
         try:
             # Metadata first: assigned with an unknown leader, librdkafka retries a logical-offset
@@ -159,16 +234,47 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             self._consumer.list_topics(timeout=metadata_timeout_s)
         except KafkaException as err:
             log.warning("kafka %s[%d]: no metadata yet (%s); the client keeps trying", topic, partition, err)
+        if start_timestamp_ms is not None:
+            start = self._offset_for_time(start_timestamp_ms, metadata_timeout_s)
+        self._next = start
+        self._checked_start = start < 0  # logical start: no gap check
         self._consumer.assign([TopicPartition(topic, partition, start)])
         log.info("kafka %s[%d]: assigned at %s", topic, partition, _labels(start))
+
+    def _offset_for_time(self, ts_ms: int, timeout_s: float) -> int:
+        when = StartPosition(OFFSET_END, ts_ms)
+        try:
+            (res,) = self._consumer.offsets_for_times([TopicPartition(self._topic, self._partition, ts_ms)], timeout_s)
+        except KafkaException as err:
+            raise KafkaSourceError(
+                f"kafka {self._topic}[{self._partition}]: cannot look up the offset of start time {when}: {err}"
+            ) from err
+        if res.error is not None:
+            raise KafkaSourceError(
+                f"kafka {self._topic}[{self._partition}]: offset lookup for start time {when} failed: {res.error}"
+            )
+        if res.offset < 0:  # no record that new yet: read what comes from now on
+            log.info("kafka %s[%d]: no record at or after %s yet; starting at the end", *self._pos(), when)
+            return OFFSET_END
+        log.info("kafka %s[%d]: start time %s is at offset %d", *self._pos(), when, res.offset)
+        return int(res.offset)
+
+    def _pos(self) -> tuple[str, int]:
+        return self._topic, self._partition
 
     def next_batch(self) -> list[RawBatch]:
         if self._at_end and self._eof_exit:
             raise StopIteration()
         msgs = self._consumer.consume(num_messages=self._batch, timeout=POLL_TIMEOUT_S)
         self._idle = not msgs
-        if not msgs:
-            return []
+        if self._seek_ms is not None and msgs:
+            msgs = self._skip_before_start(msgs)
+        batch = self._to_batch(msgs) if msgs else []
+        if self._lag is not None:
+            self._report_lag(self._lag)
+        return batch
+
+    def _to_batch(self, msgs: list[Message]) -> list[RawBatch]:
         errors = [m.error() for m in msgs]
         # (never ``==`` on KafkaError: its comparison with None leaves a pending exception in the interpreter)
         if all(e is None for e in errors):  # the common case: records only, no per-record Python loop
@@ -192,6 +298,45 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
                 read_at_ms=int(self._clock() * 1000),
             )
         ]
+
+    def _skip_before_start(self, msgs: list[Message]) -> list[Message]:
+        """Time start: drop records older than the start time up to the first one that is not.
+
+        Only until that first record: Kafka's time start is "the first record at or after T, and
+        everything after it", whatever the timestamps of later records.
+        """
+        seek = self._seek_ms
+        assert seek is not None
+        for i, m in enumerate(msgs):
+            if m.error() is not None:
+                continue  # client events are handled with the records that follow
+            kind, ts = m.timestamp()
+            if kind == TIMESTAMP_NOT_AVAILABLE or ts >= seek:  # (no timestamp: cannot judge, keep it)
+                self._seek_ms = None
+                if self._seek_skipped:
+                    log.info(
+                        "kafka %s[%d]: skipped %d record(s) older than the start time; first record read: offset %s",
+                        *self._pos(),
+                        self._seek_skipped,
+                        m.offset(),
+                    )
+                return [e for e in msgs[:i] if e.error() is not None] + msgs[i:]
+            off = m.offset()
+            assert off is not None
+            self._checked_start = True
+            self._next = off + 1
+            self._at_end = False
+            self._seek_skipped += 1
+        # Every record of this poll was older (only client events may remain): handle the events.
+        return [m for m in msgs if m.error() is not None]
+
+    def _report_lag(self, gauge: Gauge) -> None:
+        if self._next < 0:
+            return  # logical start not yet resolved: lag unknown
+        marks = self._consumer.get_watermark_offsets(self._tp, cached=True)  # from fetch responses
+        if marks is None or marks[1] < 0:
+            return  # no fetch response yet
+        gauge.set(max(0, marks[1] - self._next))
 
     def _slow_path(self, msgs: list[Message], errors: list[KafkaError | None]) -> tuple[list[int], list[bytes | None]]:
         """Records and client events mixed: keep the records in order, handle each event."""
@@ -272,6 +417,10 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
     Parts are named ``"<topic>-<partition>"``. Resume state is the offset of the
     next record to read (the last record handed on + 1); see the module
     docstring for the exact delivery semantics.
+
+    ``start`` (:func:`parse_kafka_start`) applies to partitions without resume state only.
+    ``lag_gauge``: a Prometheus gauge with the label ``partition`` and optionally ``topic``
+    (``lifecycle_kafka_consumer_lag``), set per partition after every poll.
     """
 
     def __init__(
@@ -286,15 +435,21 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         config: Mapping[str, Any] | None = None,
         clock: Clock = time.time,
         metadata_timeout_s: float = 10.0,
+        lag_gauge: Gauge | None = None,
     ) -> None:
-        if start not in ("earliest", "latest"):
-            raise ValueError(f"start must be 'earliest' or 'latest', got {start!r}")
         if batch_events < 1:
             raise ValueError(f"batch_events must be >= 1, got {batch_events}")
+        if lag_gauge is not None:
+            names = set(getattr(lag_gauge, "_labelnames", ()))
+            if "partition" not in names or not names <= {"topic", "partition"}:
+                raise ValueError(
+                    f"lag_gauge must have the labels ('partition',) or ('topic', 'partition'), got {sorted(names)}"
+                )
         self.bootstrap = bootstrap
         self.topic = topic
         self._batch = batch_events
-        self._start = OFFSET_BEGINNING if start == "earliest" else OFFSET_END
+        self.start = parse_kafka_start(start)
+        self._lag_gauge = lag_gauge
         self._eof_exit = eof_exit
         self._group_id = group_id
         self._config = dict(config or {})
@@ -303,11 +458,18 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
 
     @classmethod
     def from_url(
-        cls, url: str, *, settings: Settings, clock: Clock = time.time, config: Mapping[str, Any] | None = None
+        cls,
+        url: str,
+        *,
+        settings: Settings,
+        clock: Clock = time.time,
+        config: Mapping[str, Any] | None = None,
+        lag_gauge: Gauge | None = None,
     ) -> KafkaBatchSource:
         """The source for ``kafka://HOST:PORT[,HOST:PORT]/TOPIC`` with the ``kafka_*`` settings.
 
-        ``config`` is passed through to librdkafka (security, tuning) and wins over the defaults.
+        ``config`` is passed through to librdkafka (security, tuning) and wins over the defaults;
+        without it, ``settings.kafka_config`` is used.
         """
         bootstrap, topic = parse_kafka_url(url)
         if config is None:
@@ -321,6 +483,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
             group_id=settings.kafka_group,
             config=config,
             clock=clock,
+            lag_gauge=lag_gauge,
         )
 
     def _client_config(self) -> dict[str, Any]:
@@ -361,16 +524,22 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
             **self._client_config(),
             **_CONSUMER_FIXED,
         }
-        start = self._start if resume_state is None else resume_state
+        lag = None
+        if self._lag_gauge is not None:
+            labels = {"topic": self.topic, "partition": str(partition)}
+            lag = self._lag_gauge.labels(**{k: labels[k] for k in self._lag_gauge._labelnames})
+        fresh = resume_state is None
         return _KafkaPartition(
             config,
             self.topic,
             partition,
-            start,
+            self.start.offset if resume_state is None else resume_state,
             batch_events=self._batch,
             eof_exit=self._eof_exit,
             clock=self._clock,
             metadata_timeout_s=self._metadata_timeout_s,
+            start_timestamp_ms=self.start.timestamp_ms if fresh else None,  # a resume state wins over the start
+            lag=lag,
         )
 
 
@@ -396,6 +565,30 @@ def key_by_user_id(line: bytes) -> bytes | None:
     return (user_id if user_id.isascii() else unicodedata.normalize("NFC", user_id)).encode()
 
 
+#: Producer defaults for bulk and sink producers; ``config`` overrides any of them (security, tuning).
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "compression.type": "lz4",
+    "linger.ms": 20,  # fill batches: one produce request carries many records
+    "batch.num.messages": 100_000,
+    # Uncompressed bytes per batch (the librdkafka default). Larger batches can exceed a Kafka broker's
+    # max.message.bytes (1 MiB by default, checked against the compressed batch) and then fail delivery.
+    "batch.size": 1_000_000,
+    "queue.buffering.max.messages": 1_000_000,
+    "enable.idempotence": True,  # retries neither duplicate nor reorder records
+    "partitioner": "murmur2_random",  # same key -> same partition as Java clients
+}
+
+
+def producer_config(bootstrap: str, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Options of a librdkafka producer: :data:`PRODUCER_DEFAULTS`, the brokers, then ``config`` (wins)."""
+    return {**PRODUCER_DEFAULTS, "bootstrap.servers": bootstrap, **(config or {})}
+
+
+def option_names(config: Mapping[str, Any]) -> str:
+    """The option *names* of a client config, for log lines: values may be secrets and are never shown."""
+    return ", ".join(sorted(config)) or "(none)"
+
+
 def produce_lines(
     bootstrap: str,
     topic: str,
@@ -415,50 +608,63 @@ def produce_lines(
     Raises :class:`KafkaSourceError` if any record was not acknowledged, so a
     returned count is a count of records stored by the broker.
     """
+    records = ((key_fn(line), line) for line in lines) if key_fn is not None else ((None, line) for line in lines)
+    return produce_records(
+        bootstrap, topic, records, config=config, flush_timeout_s=flush_timeout_s, metadata_timeout_s=metadata_timeout_s
+    )
+
+
+def produce_records(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes]],
+    *,
+    config: Mapping[str, Any] | None = None,
+    flush_timeout_s: float = 60.0,
+    metadata_timeout_s: float = 10.0,
+) -> int:
+    """Produce ``(key, value)`` pairs (lz4, batched, idempotent), flush, and return the count.
+
+    Same guarantees as :func:`produce_lines`. Only failed deliveries call back into Python
+    (``delivery.report.only.error``): a per-record callback would cost more than the produce call.
+    """
+    errors: list[str] = []  # the first few delivery errors, for the message
+    failed = 0
+
+    def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+        nonlocal failed
+        if err is not None:
+            failed += 1
+            if len(errors) < 5:
+                errors.append(str(err))
+
     producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "compression.type": "lz4",
-            "linger.ms": 20,
-            "batch.num.messages": 10_000,
-            "batch.size": 1_000_000,
-            "enable.idempotence": True,  # retries neither duplicate nor reorder records
-            "partitioner": "murmur2_random",  # same key -> same partition as Java clients
-            **(config or {}),
-        }
+        {**producer_config(bootstrap, config), "delivery.report.only.error": True, "on_delivery": on_delivery}
     )
     try:  # fail fast with a clear error instead of timing out every message
         producer.list_topics(timeout=metadata_timeout_s)
     except KafkaException as err:
         raise KafkaSourceError(f"cannot reach Kafka broker(s) {bootstrap} to produce to {topic!r}: {err}") from err
-    errors: list[str] = []  # the first few delivery errors, for the message
-    acked = failed = 0
-
-    def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-        nonlocal acked, failed
-        if err is None:
-            acked += 1
-            return
-        failed += 1
-        if len(errors) < 5:
-            errors.append(str(err))
-
+    produce = producer.produce
     sent = 0
-    for line in lines:
-        key = key_fn(line) if key_fn is not None else None
-        while True:
-            try:
-                producer.produce(topic, value=line, key=key, on_delivery=on_delivery)
-                break
-            except BufferError:  # local queue full: let deliveries drain
+    for key, value in records:
+        try:
+            produce(topic, value, key)
+        except BufferError:  # local queue full: let deliveries drain, then retry once the queue has room
+            while True:
                 producer.poll(0.05)
+                try:
+                    produce(topic, value, key)
+                    break
+                except BufferError:
+                    continue
         sent += 1
-        if sent % 10_000 == 0:
-            producer.poll(0)
+        if not sent & 0x3FFF:
+            producer.poll(0)  # serve (error) callbacks and let the client's queue progress
     left = producer.flush(flush_timeout_s)
-    if left or failed or acked != sent:
+    if left or failed:
         raise KafkaSourceError(
-            f"produce to {topic!r} on {bootstrap}: {acked} of {sent} records acknowledged "
+            f"produce to {topic!r} on {bootstrap}: {sent - failed - left} of {sent} records acknowledged "
             f"({left} still queued after {flush_timeout_s}s, {failed} failed: {'; '.join(errors)})"
         )
-    return acked
+    return sent
