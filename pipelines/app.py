@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.recovery import RecoveryConfig
 from bytewax.run import cli_main
@@ -53,6 +54,7 @@ def flow_config(s: Settings) -> FlowConfig:
         limits=DecodeLimits(max_event_bytes=s.max_event_bytes, max_future_ms=s.max_future_seconds * 1000),
         shard=s.shard_config(),
         idle_advance_seconds=s.idle_advance_seconds,
+        exchange=s.addresses is not None and len(s.addresses.split(",")) > 1,
     )
 
 
@@ -102,6 +104,55 @@ def open_migrated_store(s: Settings) -> Store:
     return store
 
 
+def prepare_flow(
+    s: Settings,
+    *,
+    registry: CollectorRegistry,
+    store: Store,
+    clock: Clock = time.time,
+    on_batch: Callable[[int], None] | None = None,
+    on_source: Callable[[int | None], None] | None = None,
+    serve_metrics: bool = True,
+    source: Source[RawBatch] | None = None,
+) -> tuple[Dataflow, int | None]:
+    """Everything but running: model, metrics endpoint, source, the wired flow (and the event count if known)."""
+    metrics = PipelineMetrics(registry)
+    if s.torch_threads:
+        torch.set_num_threads(s.torch_threads)
+    scorer = Scorer.from_dir(s.model_dir, device=s.device, max_batch_rows=s.score_batch_rows, metrics=metrics)
+    metrics.model_info.info({"version": scorer.model_version, "schema": str(scorer.artifact.meta["schema_hash"])})
+    metrics.scoring_device.labels(device=scorer.device.type).set(1)
+    reference = DriftReference.from_meta(scorer.artifact.meta)
+    drift = DriftMonitor(reference, metrics) if reference is not None else None
+    if drift is None:
+        log.warning("model %s has no drift reference: drift gauges stay empty", scorer.model_version)
+    if os.environ.get("BYTEWAX_DATAFLOW_API_ENABLED"):
+        log.warning("BYTEWAX_DATAFLOW_API_ENABLED is set: Bytewax's own API server binds 0.0.0.0")
+    if serve_metrics:
+        serve(registry, s.metrics_host, s.metrics_port)
+    if source is None:
+        source, kind, expected = make_source(s, clock, metrics)
+    else:  # injected (benchmarks, embedding applications)
+        kind, expected = "custom", None
+    if on_source is not None:
+        on_source(expected)
+    flow = build_flow(
+        source,
+        store=store,
+        scorer=scorer,
+        metrics=metrics,
+        cfg=flow_config(s),
+        source_kind=kind,
+        clock=clock,
+        on_batch=on_batch,
+        drift=drift,
+        **kafka_outputs(s),
+    )
+    if s.recovery_dir:
+        _ensure_recovery_dir(s.recovery_dir)
+    return flow, expected
+
+
 def run_pipeline(
     s: Settings,
     *,
@@ -115,46 +166,19 @@ def run_pipeline(
 ) -> RunResult:
     """Run the flow until the source ends (files, simulator) or the process is stopped (Kafka)."""
     registry = registry if registry is not None else CollectorRegistry()
-    metrics = PipelineMetrics(registry)
     own_store = store is None
     store = store or open_migrated_store(s)
     try:
-        if s.torch_threads:
-            torch.set_num_threads(s.torch_threads)
-        scorer = Scorer.from_dir(s.model_dir, device=s.device, max_batch_rows=s.score_batch_rows, metrics=metrics)
-        metrics.model_info.info({"version": scorer.model_version, "schema": str(scorer.artifact.meta["schema_hash"])})
-        metrics.scoring_device.labels(device=scorer.device.type).set(1)
-        reference = DriftReference.from_meta(scorer.artifact.meta)
-        drift = DriftMonitor(reference, metrics) if reference is not None else None
-        if drift is None:
-            log.warning("model %s has no drift reference: drift gauges stay empty", scorer.model_version)
-        if os.environ.get("BYTEWAX_DATAFLOW_API_ENABLED"):
-            log.warning("BYTEWAX_DATAFLOW_API_ENABLED is set: Bytewax's own API server binds 0.0.0.0")
-        if serve_metrics:
-            serve(registry, s.metrics_host, s.metrics_port)
-        if source is None:
-            source, kind, expected = make_source(s, clock, metrics)
-        else:  # injected (benchmarks, embedding applications)
-            kind, expected = "custom", None
-        if on_source is not None:
-            on_source(expected)
-        flow = build_flow(
-            source,
-            store=store,
-            scorer=scorer,
-            metrics=metrics,
-            cfg=flow_config(s),
-            source_kind=kind,
-            clock=clock,
-            on_batch=on_batch,
-            drift=drift,
-            **kafka_outputs(s),
-        )
+        flow, expected = prepare_flow(
+            s, registry=registry, store=store, clock=clock, on_batch=on_batch, on_source=on_source,
+            serve_metrics=serve_metrics, source=source,
+        )  # fmt: skip
         recovery = RecoveryConfig(str(s.recovery_dir)) if s.recovery_dir else None
-        if s.recovery_dir:
-            _ensure_recovery_dir(s.recovery_dir)
+        cluster: dict[str, Any] = {}
+        if s.addresses is not None:
+            cluster = {"process_id": s.process_id, "addresses": s.addresses.split(",")}
         t0 = time.perf_counter()
-        cli_main(flow, epoch_interval=timedelta(seconds=s.epoch_seconds), recovery_config=recovery)
+        cli_main(flow, epoch_interval=timedelta(seconds=s.epoch_seconds), recovery_config=recovery, **cluster)
         elapsed = time.perf_counter() - t0
     finally:
         if own_store:

@@ -36,6 +36,9 @@ _RUN_FLAGS: dict[str, str] = {
     "--dormant-after-days": "dormant_after_days",
     "--churned-after-days": "churned_after_days",
     "--idle-advance-seconds": "idle_advance_seconds",
+    "--processes": "processes",
+    "--process-id": "process_id",
+    "--addresses": "addresses",
     "--sim-users": "sim_users",
     "--sim-days": "sim_days",
     "--sim-seed": "sim_seed",
@@ -110,6 +113,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     s = _settings({name: getattr(args, name) for name in _RUN_FLAGS.values()})
     console = Console(stderr=False)
+    if s.processes > 1 and s.addresses is None:
+        return _run_local_cluster(args, s, console)
     console.print(
         f"lifecycle run: input={s.input} store={s.store} model={s.model_dir.name} device={s.device} "
         f"shards={s.shards} metrics=http://{s.metrics_host}:{s.metrics_port}/metrics"
@@ -144,6 +149,56 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"rejected {sum(result.rejected.values()):,}, rows written {result.rows_written}"
         )
     return 0
+
+
+def _run_local_cluster(args: argparse.Namespace, s: Settings, console: Any) -> int:
+    """``--processes N``: start N Bytewax processes on loopback (one per process id) and wait.
+
+    Every process runs the same flow; Bytewax exchanges shard batches between them
+    and the single store partition writes from one of them. A failing process
+    stops the others: a partial cluster would stall, not finish.
+    """
+    import socket
+    import subprocess
+    import time
+
+    ports = []
+    for _ in range(s.processes):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    addresses = ",".join(f"127.0.0.1:{p}" for p in ports)
+    base: list[str] = [sys.executable, "-m", "pipelines.cli", "run"]
+    for flag, name in _RUN_FLAGS.items():
+        value = getattr(args, name)
+        if value is not None and name not in ("processes", "process_id", "addresses", "metrics_port"):
+            base += [flag, str(value)]
+    console.print(f"local cluster: {s.processes} processes at {addresses}")
+    procs = []
+    for i in range(s.processes):
+        port = s.metrics_port + i if s.metrics_port else 0
+        cmd = [*base, "--process-id", str(i), "--addresses", addresses, "--metrics-port", str(port)]
+        procs.append(subprocess.Popen(cmd))
+    rc = 0
+    while any(p.poll() is None for p in procs):
+        failed = [p for p in procs if p.returncode not in (None, 0)]
+        if failed:
+            rc = failed[0].returncode
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+        time.sleep(0.2)
+    rc = rc or max(p.returncode for p in procs)
+    if rc == 0 and args.summary:
+        from pipelines.app import open_migrated_store
+
+        store = open_migrated_store(s)
+        try:
+            rows = store.query("SELECT count() AS users FROM user_scores FINAL").to_pylist()
+            console.print(f"user_scores: {rows[0]['users']:,} users (FINAL)")
+        finally:
+            store.close()
+    return rc
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ with an enumerated :class:`RejectReason` and its source position.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import unicodedata
@@ -180,6 +181,11 @@ class EventColumns:
             batch_payloads=self.batch_payloads,
             read_at_ms=self.read_at_ms,
         )
+
+    def compact(self) -> EventColumns:
+        """The same rows, holding only their own raw payloads (for pickling across processes)."""
+        own = [self.batch_payloads[int(i)] for i in self.payload_idx]
+        return dataclasses.replace(self, payload_idx=np.arange(len(own), dtype=np.int64), batch_payloads=own)
 
     def rejections(self, mask: npt.NDArray[np.bool_], reason: RejectReason, detail: str = "") -> list[Rejection]:
         """Dead letters for the rows in ``mask`` (used by stages after decoding)."""

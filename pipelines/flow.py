@@ -53,6 +53,9 @@ class FlowConfig:
     #: Advance a shard's clock by wall time when it saw no events for this long (0 = never).
     #: Right for live streams, wrong for replays of history (their clock is not the wall clock).
     idle_advance_seconds: float = 0.0
+    #: several processes: sub-batches cross process boundaries, so each must carry only
+    #: its own raw payloads (not a reference to the whole batch) when pickled
+    exchange: bool = False
 
 
 def shard_of(user_key: np.ndarray, shards: int) -> np.ndarray:
@@ -204,7 +207,13 @@ def build_flow(
         return d
 
     decoded = op.map("decode", raw, decode)
-    keyed = op.flat_map("shard", decoded, lambda d: split_by_shard(d.events, cfg.shards))
+    def shard(d: Decoded) -> list[tuple[str, tuple[str, EventColumns, int]]]:
+        parts = split_by_shard(d.events, cfg.shards)
+        if cfg.exchange:
+            parts = [(k, (k2, ev.compact(), c)) for k, (k2, ev, c) in parts]
+        return parts
+
+    keyed = op.flat_map("shard", decoded, shard)
 
     def build_logic(resume: dict[str, Any] | None) -> ShardLogic:
         if resume:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.shard import ShardConfig
@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     idle_advance_seconds: float = Field(
         0.0, ge=0, description="advance shard clocks by wall time after this many idle seconds (live streams; 0 = off)"
     )
+    processes: int = Field(1, ge=1, le=256, description="local cluster: start this many Bytewax processes")
+    process_id: int | None = Field(None, ge=0, description="this process's index in a cluster (with addresses)")
+    addresses: str | None = Field(
+        None, description="cluster members host:port,host:port,... in process-id order (Bytewax -a)"
+    )
     epoch_seconds: float = Field(10.0, gt=0, description="Bytewax epoch (snapshot) interval")
     recovery_dir: Path | None = Field(None, description="Bytewax recovery store directory (enables resume)")
     kafka_group: str = Field("lifecycle-scoring", description="Kafka consumer group id")
@@ -79,6 +84,21 @@ class Settings(BaseSettings):
     sim_users: int = Field(50_000, ge=1, description="simulated users (--input simulate)")
     sim_days: int = Field(30, ge=1, description="simulated days (--input simulate)")
     sim_seed: int = Field(7, description="simulator seed")
+
+    @model_validator(mode="after")
+    def _cluster(self) -> Settings:
+        if (self.addresses is None) != (self.process_id is None):
+            raise ValueError("addresses and process_id go together")
+        if self.addresses is not None and self.process_id is not None:
+            n = len(self.addresses.split(","))
+            if self.process_id >= n:
+                raise ValueError(f"process_id {self.process_id} is not below the {n} addresses")
+            if self.store.startswith("chdb://") and n > 1:
+                raise ValueError(
+                    "a multi-process run needs a ClickHouse server store (http(s)://...): chDB allows one process "
+                    "per data directory"
+                )
+        return self
 
     @field_validator("store")
     @classmethod
