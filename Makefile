@@ -38,6 +38,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.core
+	$(BIN)/python -m bench.sink
 	$(BIN)/python -m bench.kafka
 
 # Retrain the committed default model from simulated history (deterministic).

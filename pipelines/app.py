@@ -24,11 +24,12 @@ from bytewax.recovery import RecoveryConfig
 from bytewax.run import cli_main
 from prometheus_client import CollectorRegistry
 
+from pipelines.consent import ConsentFilter
 from pipelines.drift import DriftMonitor, DriftReference
 from pipelines.events import DecodeLimits, RawBatch
 from pipelines.flow import FlowConfig, build_flow
 from pipelines.io.sources import FileSource, IteratorSource
-from pipelines.io.store import Store, open_store
+from pipelines.io.store import Store, open_store, record_model_version
 from pipelines.metrics import PipelineMetrics, serve
 from pipelines.scoring import Scorer
 from pipelines.settings import Settings
@@ -43,6 +44,7 @@ class RunResult:
     events_in: int
     events_applied: int
     duplicates: int
+    opted_out: int
     rejected: dict[str, int]
     rows_written: dict[str, int]
     expected_events: int | None
@@ -122,6 +124,7 @@ def prepare_flow(
     scorer = Scorer.from_dir(s.model_dir, device=s.device, max_batch_rows=s.score_batch_rows, metrics=metrics)
     metrics.model_info.info({"version": scorer.model_version, "schema": str(scorer.artifact.meta["schema_hash"])})
     metrics.scoring_device.labels(device=scorer.device.type).set(1)
+    record_model_version(store, scorer.artifact.meta)
     reference = DriftReference.from_meta(scorer.artifact.meta)
     drift = DriftMonitor(reference, metrics) if reference is not None else None
     if drift is None:
@@ -146,6 +149,7 @@ def prepare_flow(
         clock=clock,
         on_batch=on_batch,
         drift=drift,
+        consent=ConsentFilter(store, refresh_seconds=s.consent_refresh_seconds, clock=clock),
         **kafka_outputs(s),
     )
     if s.recovery_dir:
@@ -188,6 +192,7 @@ def run_pipeline(
         events_in=int(_total(registry, "lifecycle_events_in_total")),
         events_applied=int(_total(registry, "lifecycle_events_applied_total")),
         duplicates=int(_total(registry, "lifecycle_events_duplicate_total")),
+        opted_out=int(_total(registry, "lifecycle_events_opted_out_total")),
         rejected=_by_label(registry, "lifecycle_events_rejected_total", "reason"),
         rows_written=_by_label(registry, "lifecycle_rows_written_total", "table"),
         expected_events=expected,

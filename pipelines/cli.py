@@ -93,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--model-version", default=None, help="default: lsm-<as-of>-h<H>")
 
+    from pipelines.cli_db import register as register_db
+
+    register_db(sub)
+
     q = sub.add_parser("query", help="run SQL against the store and print the result")
     q.add_argument("sql")
     q.add_argument("--store", default=None, help="store URL [env: LIFECYCLE_STORE]")
@@ -305,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     handlers = {"run": _cmd_run, "simulate": _cmd_simulate, "train": _cmd_train, "query": _cmd_query}
     try:
+        if getattr(args, "func", None) is not None:
+            return int(args.func(args))
         return handlers[args.cmd](args)
     except ValidationError as err:
         print(f"lifecycle: configuration error:\n{err}", file=sys.stderr)

@@ -32,6 +32,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 
+from pipelines.consent import ConsentFilter
 from pipelines.drift import DriftMonitor
 from pipelines.events import Decoded, DecodeLimits, EventColumns, RawBatch, Rejection, decode_batch
 from pipelines.io.sinks import StoreSink
@@ -185,6 +186,7 @@ def build_flow(
     clock: Clock = time.time,
     on_batch: Callable[[int], None] | None = None,
     drift: DriftMonitor | None = None,
+    consent: ConsentFilter | None = None,
     dead_letter_sink: Sink[tuple[str, list[Rejection]]] | None = None,
     transitions_sink: Sink[tuple[str, Records]] | None = None,
 ) -> Dataflow:
@@ -201,6 +203,11 @@ def build_flow(
         d = decode_batch(batch, now_ms=int(clock() * 1000), limits=cfg.limits)
         in_counter.inc(d.total)
         count_rejects(metrics, d.rejects)
+        if consent is not None:
+            keep = consent.keep(d.events)
+            if not keep.all():
+                metrics.events_opted_out.inc(int((~keep).sum()))
+                d = Decoded(d.events.take(keep), d.rejects, d.total)
         metrics.batches.labels(step="decode").inc()
         if on_batch is not None:
             on_batch(d.total)

@@ -36,6 +36,9 @@ class PipelineMetrics:
         self.events_duplicate = Counter(
             "lifecycle_events_duplicate", "Events dropped as duplicates of an already applied event_id", registry=r
         )
+        self.events_opted_out = Counter(
+            "lifecycle_events_opted_out", "Events of users who opted out of automated scoring (dropped)", registry=r
+        )
         self.events_rejected = Counter(
             "lifecycle_events_rejected", "Events rejected to the dead-letter store, by reason", ["reason"], registry=r
         )

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         6 * 3600, gt=0, description="duplicate event_ids are recognised within 1-2 such windows of event time"
     )
     dedup_max_keys: int = Field(4_000_000, gt=0, description="event ids remembered per shard and generation")
+    consent_refresh_seconds: float = Field(
+        60.0, gt=0, description="re-read the consent table (opt-outs) this often; opted-out users are not scored"
+    )
     new_days: float = Field(14.0, gt=0, description="acquired within this many days and no order -> new")
     dormant_after_days: float = Field(14.0, gt=0, description="silence (days) after which a user is dormant")
     churned_after_days: float = Field(45.0, gt=0, description="silence (days) after which a user is churned")

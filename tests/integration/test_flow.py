@@ -147,3 +147,23 @@ def test_retried_events_are_counted_as_duplicates_and_change_no_score(tmp_path: 
     assert res.duplicates == 70
     assert res.events_in == res.events_applied + res.duplicates + sum(res.rejected.values())
     assert _query(retried, sql) == _query(clean, sql)
+
+
+def test_opted_out_users_are_neither_scored_nor_written(tmp_path: Path) -> None:
+    from pipelines.erasure import set_consent
+
+    store = ChdbStore(tmp_path / "store.chdb")
+    try:
+        store.migrate(Settings().sql_dir)
+        set_consent(store, ["refuser"], opted_out=True, source="test")
+    finally:
+        store.close()
+    path = tmp_path / "consent.jsonl"
+    events = [line(event_id=f"r{i}", user_id="refuser", ts=T0 + i) for i in range(5)]
+    events += [line(event_id=f"k{i}", user_id="keeper", ts=T0 + i) for i in range(3)]
+    path.write_bytes(b"\n".join(events) + b"\n")
+    res = _run(tmp_path, input=str(path))
+    assert res.opted_out == 5 and res.events_applied == 3
+    assert res.events_in == res.events_applied + res.opted_out + res.duplicates + sum(res.rejected.values())
+    users = _query(tmp_path, "SELECT user_id FROM user_scores FINAL")
+    assert [u["user_id"] for u in users] == ["keeper"]
