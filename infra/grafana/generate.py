@@ -230,9 +230,10 @@ def pipeline_health() -> Board:
             prom(f"sum(rate(lifecycle_events_applied_total{{{SEL}}}[{RI}]))", "applied", ref="B"),
             prom(f"sum(rate(lifecycle_events_rejected_total{{{SEL}}}[{RI}]))", "rejected", ref="C"),
             prom(f"sum(rate(lifecycle_events_duplicate_total{{{SEL}}}[{RI}]))", "duplicate", ref="D"),
+            prom(f"sum(rate(lifecycle_events_opted_out_total{{{SEL}}}[{RI}]))", "opted out", ref="E"),
         ],
         unit="ops",
-        description="Read = applied + duplicate + rejected; the gap is events in flight.",
+        description="Read = applied + duplicate + opted out + rejected; the gap is events in flight.",
     )
     b.add(
         "timeseries",
@@ -251,11 +252,13 @@ def pipeline_health() -> Board:
                 f"sum by (instance) (lifecycle_events_in_total{{{SEL}}})"
                 f" - sum by (instance) (lifecycle_events_applied_total{{{SEL}}})"
                 f" - sum by (instance) (lifecycle_events_duplicate_total{{{SEL}}})"
+                f" - sum by (instance) (lifecycle_events_opted_out_total{{{SEL}}})"
                 f" - sum by (instance) (lifecycle_events_rejected_total{{{SEL}}})",
-                "{{instance}}: in - applied - duplicate - rejected",
+                "{{instance}}: in - applied - duplicate - opted out - rejected",
             )
         ],
-        description="Events read but neither applied, dropped as duplicates nor dead-lettered, since process start: "
+        description="Events read but neither applied, dropped (duplicates, opt-outs) nor dead-lettered, since process "
+        "start: "
         "0 whenever no batch is in flight. Anything else lost events.",
     )
     b.add(
