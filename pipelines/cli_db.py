@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="NAME",
         help="cluster schema (sql/cluster): delete from the <table>_local tables ON CLUSTER NAME",
+    )
+    forget.add_argument(
+        "--recovery-dir",
+        default=None,
+        help="also erase the user from this Bytewax recovery store (stop the pipeline first) "
+        "[env: LIFECYCLE_RECOVERY_DIR]",
     )
     forget.set_defaults(func=cmd_forget)
 
@@ -91,7 +98,13 @@ def _run(args: argparse.Namespace, action: str) -> int:
             counts = forget_user(
                 store, args.user, reason=args.reason, table_suffix="_local" if on_cluster else "", on_cluster=on_cluster
             )
-            print(json.dumps({"user_hash": user_hash(args.user), "rows_deleted": counts}))
+            out: dict[str, object] = {"user_hash": user_hash(args.user), "rows_deleted": counts}
+            recovery = args.recovery_dir or os.environ.get("LIFECYCLE_RECOVERY_DIR")
+            if recovery:
+                from pipelines.erasure import erase_from_recovery
+
+                out["state_rows_erased"] = erase_from_recovery(Path(recovery), [args.user])
+            print(json.dumps(out))
         else:
             from pipelines.erasure import set_consent
 

@@ -178,6 +178,7 @@ class ShardProcessor:
         now = st.clock_ms
         if timer_due.shape[0]:
             timer_due = timer_due[~np.isin(timer_due, changed)]
+            timer_due = timer_due[st.user_id[timer_due] != ""]  # timers of erased users hold nobody
         rows = np.concatenate([changed, timer_due]) if timer_due.shape[0] else changed
         if rows.shape[0] == 0:
             return None
@@ -211,6 +212,14 @@ class ShardProcessor:
             version=int(now),
             read_at_ms=read_at_ms,
         )
+
+    def erase(self, keys: npt.NDArray[np.int64]) -> int:
+        """Remove users from this shard's state (erasure); they are no longer pending either."""
+        rows = self.state.lookup(keys)
+        n = self.state.erase(keys)
+        if n and self.pending.shape[0]:
+            self.pending = self.pending[~np.isin(self.pending, rows[rows >= 0])]
+        return n
 
     # ------------------------------------------------------------------ recovery
 

@@ -348,6 +348,28 @@ class ShardState:
             st._index.map_keys_to_values(st.user_key[:n], np.arange(n, dtype=np.int64))
         return st
 
+    def erase(self, keys: npt.NDArray[np.int64]) -> int:
+        """Forget users entirely (PIPL erasure): clear their rows and unmap their keys.
+
+        The rows stay allocated but hold nothing of the user; a later event of the
+        same id starts a new user from scratch. Returns the number of users erased.
+        """
+        rows = self.lookup(keys)
+        rows = rows[rows >= 0]
+        if rows.shape[0] == 0:
+            return 0
+        self._index.map_keys_to_values(self.user_key[rows], np.full(rows.shape[0], -1, np.int64))
+        for name, a in self._columns().items():
+            if name.startswith("ts_") or name == "scored_ms":
+                a[rows] = NEVER
+            elif name == "user_id":
+                a[rows] = ""
+            elif name == "stage":
+                a[rows] = -1
+            else:
+                a[rows] = 0
+        return int(rows.shape[0])
+
     def nbytes(self) -> int:
         """Bytes held by the arrays (not the index or the id strings)."""
         return int(sum(a.nbytes for a in self._columns().values()))

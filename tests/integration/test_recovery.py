@@ -75,3 +75,37 @@ def test_kill_9_mid_stream_twice_then_resume_equals_an_uninterrupted_run(
     assert len(scores) == len(ref_scores) > 2000
     assert scores == ref_scores
     assert transitions == ref_transitions
+
+
+def test_forget_erases_the_user_from_the_store_and_the_recovery_state(events: Path, tmp_path: Path) -> None:
+    store, recovery = tmp_path / "store.chdb", tmp_path / "recovery"
+    subprocess.run(_cmd(events, store, recovery), check=True, capture_output=True, timeout=300)
+    victim = _read(store)[0][0]["user_id"]
+    forget = [sys.executable, "-m", "pipelines.cli", "forget", "--user", victim, "--store", f"chdb://{store}",
+              "--recovery-dir", str(recovery)]  # fmt: skip
+    out = subprocess.run(forget, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert victim not in out.stdout  # only the id's hash is printed
+    assert '"state_rows_erased": 1' in out.stdout
+    # the resumed pipeline (nothing left to read) and its silence timers do not bring the user back
+    subprocess.run(_cmd(events, store, recovery), check=True, capture_output=True, timeout=300)
+    s = ChdbStore(store)
+    try:
+        for table in ("user_scores", "stage_transitions", "score_history"):
+            n = s.query(f"SELECT count() AS n FROM {table} WHERE user_id = '{victim}'").column("n")[0].as_py()
+            assert n == 0, table
+    finally:
+        s.close()
+
+
+def test_state_erase_forgets_a_user_and_a_later_event_starts_afresh() -> None:
+    from pipelines.shard import ShardConfig, ShardProcessor
+    from tests.support.events import T0, columns
+
+    proc = ShardProcessor(ShardConfig(score_interval_ms=0))
+    proc.process(columns([("gone", T0, "order", 50.0), ("stay", T0, "page_view")]))
+    assert proc.erase(columns([("gone", T0, "page_view")]).user_key) == 1
+    res = proc.process(columns([("stay", T0 + 20 * 86_400_000, "page_view")]))  # gone's dormancy timer fires
+    assert res.rows is not None and "gone" not in res.rows.user_id.tolist()
+    res = proc.process(columns([("gone", T0 + 21 * 86_400_000, "page_view")]))
+    assert res.rows is not None and res.rows.prev_stage.tolist() == [-1]  # a new user, no history
