@@ -152,8 +152,11 @@ def prepare_flow(
         consent=ConsentFilter(store, refresh_seconds=s.consent_refresh_seconds, clock=clock),
         **kafka_outputs(s),
     )
-    if s.recovery_dir:
-        _ensure_recovery_dir(s.recovery_dir)
+    if s.recovery_dir and s.addresses is None:
+        # single process: create the store on first use. A cluster's recovery partitions are
+        # made before its processes start (`--processes` does it; on Kubernetes each pod
+        # creates its own part-<ordinal>), since concurrent creation would race.
+        ensure_recovery_dir(s.recovery_dir, 1)
     return flow, expected
 
 
@@ -199,13 +202,13 @@ def run_pipeline(
     )
 
 
-def _ensure_recovery_dir(path: Path) -> None:
-    """Create the recovery store on first use (one partition: single-process runs)."""
+def ensure_recovery_dir(path: Path, parts: int) -> None:
+    """Create a Bytewax recovery store of ``parts`` partitions on first use (no-op when it exists)."""
     from bytewax.recovery import init_db_dir
 
     if not any(path.glob("part-*.sqlite3")):
         path.mkdir(parents=True, exist_ok=True)
-        init_db_dir(path, 1)
+        init_db_dir(path, parts)
 
 
 def _total(registry: CollectorRegistry, sample: str) -> float:

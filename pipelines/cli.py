@@ -177,6 +177,10 @@ def _run_local_cluster(args: argparse.Namespace, s: Settings, console: Any) -> i
         value = getattr(args, name)
         if value is not None and name not in ("processes", "process_id", "addresses", "metrics_port"):
             base += [flag, str(value)]
+    if s.recovery_dir is not None:
+        from pipelines.app import ensure_recovery_dir
+
+        ensure_recovery_dir(s.recovery_dir, s.processes)  # one partition per process, before any starts
     console.print(f"local cluster: {s.processes} processes at {addresses}")
     procs = []
     for i in range(s.processes):
