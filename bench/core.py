@@ -170,7 +170,7 @@ def bench_state_bytes(n_users: int) -> None:
         arrays=round(arrays_per_row, 1),
         index=round(index, 1),
         id_strings=round(ids, 1),
-        note="arrays per allocated row + hash index + Python id strings",
+        note="numpy arrays per live user (growth slack included) + hash index + Python id strings",
     )
 
 
