@@ -44,9 +44,11 @@ bench: $(STAMP)
 # Retrain the committed default model from simulated history (deterministic).
 model: $(STAMP)
 	mkdir -p build
-	$(BIN)/lifecycle simulate --users 30000 --days 120 --seed 11 --start 2026-06-01 --out build/train.jsonl.gz
+	$(BIN)/lifecycle simulate --users 30000 --days 150 --seed 11 --start 2026-06-01 --out build/train.jsonl.gz
 	$(BIN)/lifecycle train --events build/train.jsonl.gz --as-of 2026-09-28 --horizon-days 30 \
-		--origins 6 --out models/artifacts/default --model-version lsm-default-1
+		--origins 10 --out models/artifacts/default --model-version lsm-default-1
+	$(BIN)/lifecycle evaluate --events build/train.jsonl.gz --as-of 2026-09-28 \
+		--model models/artifacts/default --out build/report --figures docs/figures
 
 clean:
 	rm -rf $(VENV) build data .pytest_cache .mypy_cache .ruff_cache

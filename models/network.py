@@ -62,20 +62,36 @@ class LifecycleNet(nn.Module):
         return torch.sigmoid(self.logits_from_z(self.transform(x)))
 
     @torch.no_grad()
-    def set_normalisation(self, x: torch.Tensor, log_mask: torch.Tensor) -> None:
-        """Fit the normalisation statistics on training rows."""
+    def set_normalisation(
+        self, x: torch.Tensor, log_mask: torch.Tensor, *, baseline: torch.Tensor | None = None
+    ) -> None:
+        """Fit the normalisation statistics on training rows.
+
+        The scale (``std``) always comes from all rows ``x``. The centre (``mean``)
+        comes from ``baseline`` rows when given: it is the reference point of the
+        attributions (z = 0, see :func:`input_x_gradient`), so it should be a
+        typical user the explanations compare against, e.g. the mean *active*
+        user rather than an average dominated by users who left long ago.
+        """
         self.log_mask.copy_(log_mask)
-        t = torch.where(log_mask, torch.log1p(torch.clamp(x, min=0.0)), x)
-        self.mean.copy_(t.mean(0))
+        t = self._log(x, log_mask)
+        centre = t if baseline is None or baseline.shape[0] == 0 else self._log(baseline, log_mask)
+        self.mean.copy_(centre.mean(0))
         self.std.copy_(t.std(0).clamp_min(1e-3))
+
+    @staticmethod
+    def _log(x: torch.Tensor, log_mask: torch.Tensor) -> torch.Tensor:
+        return torch.where(log_mask, torch.log1p(torch.clamp(x, min=0.0)), x)
 
 
 def input_x_gradient(model: LifecycleNet, x: torch.Tensor, head: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-feature attribution of one head's logit: z * d(logit)/dz (input x gradient).
 
-    z is the normalised input, so the baseline is the training mean (z = 0): a
-    positive value means "this feature, at this user's value, pushes the logit
-    up compared with an average user". For a ReLU MLP the gradient is
+    z is the normalised input, so the baseline is the normalisation centre
+    (z = 0; see :meth:`LifecycleNet.set_normalisation`: the mean active user of
+    the training data for models built by ``lifecycle train``): a positive
+    value means "this feature, at this user's value, pushes the logit up
+    compared with that reference user". For a ReLU MLP the gradient is
     ``W1^T (m1 * W2^T (m2 * w_head))`` with the ReLU masks of each row, so it is
     computed here in the same pass as the forward, without autograd (about two
     forwards' cost; :func:`input_x_gradient_autograd` is the reference).

@@ -45,13 +45,6 @@ _RUN_FLAGS: dict[str, str] = {
 }
 
 
-def _date_ms(s: str) -> int:
-    """``YYYY-MM-DD`` -> epoch ms of the *end* of that day in UTC+8 (the operating calendar)."""
-    d = dt.date.fromisoformat(s)
-    tz = dt.timezone(dt.timedelta(hours=8))
-    return int(dt.datetime.combine(d + dt.timedelta(days=1), dt.time(), tz).timestamp() * 1000)
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lifecycle", description="Real-time user-lifecycle scoring.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -83,15 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--truth", type=Path, help="ground-truth CSV (default: OUT with .truth.csv)")
 
-    tr = sub.add_parser("train", help="train a model artifact from an event history")
-    tr.add_argument("--events", type=Path, required=True, help="NDJSON(.gz) events in the event contract")
-    tr.add_argument("--as-of", required=True, help="YYYY-MM-DD: events after this day are ignored")
-    tr.add_argument("--horizon-days", type=int, default=30)
-    tr.add_argument("--out", type=Path, required=True, help="artifact directory")
-    tr.add_argument("--origins", type=int, default=4, help="rolling origins (weekly) before as-of - horizon")
-    tr.add_argument("--epochs", type=int, default=40)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--model-version", default=None, help="default: lsm-<as-of>-h<H>")
+    from pipelines.cli_model import register as register_model
+
+    register_model(sub)
 
     from pipelines.cli_db import register as register_db
 
@@ -241,50 +228,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    import time
-
-    import numpy as np
-
-    from models.artifact import save_artifact
-    from models.fit import FitConfig, fit
-    from pipelines.features import FEATURE_NAMES, LOG_MASK, schema_hash
-    from pipelines.training import build_training_set, load_events
-
-    as_of_ms = _date_ms(args.as_of)
-    events, rejected = load_events(args.events, now_ms=int(time.time() * 1000) + 10 * 365 * 86_400_000)
-    ts = build_training_set(events, as_of_ms=as_of_ms, horizon_days=args.horizon_days, origins=args.origins)
-    print(
-        f"training set: {ts.x.shape[0]:,} rows x {ts.x.shape[1]} features from {len(events):,} events "
-        f"({rejected:,} rejected), origins {len(ts.origins_ms)}, positive rates {ts.y.mean(0).round(3).tolist()}"
-    )
-    model, report = fit(ts.x, ts.y, LOG_MASK, FitConfig(epochs=args.epochs, seed=args.seed))
-    version = args.model_version or f"lsm-{args.as_of}-h{args.horizon_days}"
-    save_artifact(
-        model,
-        args.out,
-        model_version=version,
-        feature_names=FEATURE_NAMES,
-        schema_hash=schema_hash(),
-        horizon_days=args.horizon_days,
-        data_fingerprint=ts.fingerprint,
-        metrics={
-            "best_val_loss": report.best_val_loss,
-            "epochs": report.epochs_run,
-            "pos_rate": list(report.pos_rate),
-            "rows": int(ts.x.shape[0]),
-        },
-        extra={
-            "as_of": args.as_of,
-            "origins_ms": list(ts.origins_ms),
-            "train_events": int(len(events)),
-            "label_means": np.round(ts.y.mean(0), 4).tolist(),
-        },
-    )
-    print(f"saved model {version} to {args.out} (val loss {report.best_val_loss:.4f}, {report.epochs_run} epochs)")
-    return 0
-
-
 def _cmd_query(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -311,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    handlers = {"run": _cmd_run, "simulate": _cmd_simulate, "train": _cmd_train, "query": _cmd_query}
+    handlers = {"run": _cmd_run, "simulate": _cmd_simulate, "query": _cmd_query}
     try:
         if getattr(args, "func", None) is not None:
             return int(args.func(args))

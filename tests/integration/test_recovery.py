@@ -32,6 +32,21 @@ def _cmd(events: Path, store: Path, recovery: Path | None) -> list[str]:
     return cmd
 
 
+def _committed_epoch(recovery: Path) -> int:
+    """Newest epoch the recovery store committed (0 before the first)."""
+    import sqlite3
+
+    best = 0
+    for part in recovery.glob("part-*.sqlite3"):
+        try:
+            with sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=1) as db:
+                row = db.execute("SELECT max(commit_epoch) FROM commits").fetchone()
+        except sqlite3.Error:
+            continue
+        best = max(best, int(row[0] or 0))
+    return best
+
+
 def _read(store: Path) -> tuple[list[dict], list[dict]]:
     s = ChdbStore(store)
     try:
@@ -59,14 +74,18 @@ def test_kill_9_mid_stream_twice_then_resume_equals_an_uninterrupted_run(
 ) -> None:
     store, recovery = tmp_path / "store.chdb", tmp_path / "recovery"
     kills = 0
-    for delay in (5.0, 2.5):  # after start-up (~3 s), mid-stream; the second kill hits the resumed run
+    for _ in range(2):  # the second kill hits the resumed run
+        start_epoch = _committed_epoch(recovery)
         proc = subprocess.Popen(_cmd(events, store, recovery), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(delay)
+        deadline = time.monotonic() + 120
+        # kill mid-stream: once a few more epochs were committed (so progress was made and recorded)
+        while proc.poll() is None and _committed_epoch(recovery) < start_epoch + 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
         proc.wait(timeout=30)
-    assert kills >= 1, "the run ended before it could be killed: make the input bigger"
+    assert kills == 2, "the run ended before it could be killed: make the input bigger"
     assert any(recovery.glob("part-*.sqlite3")), "no recovery store was written"
     done = subprocess.run(_cmd(events, store, recovery), capture_output=True, timeout=300, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -77,3 +77,28 @@ def test_committed_default_model_matches_the_feature_registry() -> None:
 
     art = load_artifact(DEFAULT_MODEL_DIR, expected_schema_hash=schema_hash(), expected_names=FEATURE_NAMES)
     assert tuple(art.meta["feature_names"]) == FEATURE_NAMES
+
+
+def test_validation_split_by_group_never_puts_one_user_on_both_sides() -> None:
+    from models.fit import validation_split
+
+    groups = np.repeat(np.arange(50), 4)  # 50 users at 4 origins each
+    val, tr = validation_split(groups.shape[0], 0.2, np.random.default_rng(0), groups)
+    assert not set(groups[val]) & set(groups[tr])
+    assert len(set(groups[val])) == 10 and val.shape[0] + tr.shape[0] == groups.shape[0]
+
+
+def test_normalisation_is_centred_on_the_baseline_rows_and_scaled_on_all() -> None:
+    x, y = _data(400)
+    active = x[:, 0] < 1.0
+    model, _ = fit(x, y, np.zeros(x.shape[1], bool), FitConfig(epochs=1, hidden=(8,), val_fraction=0.25),
+                   baseline_mask=active)  # fmt: skip
+    # the centre is the mean of baseline rows (of the training split), far from the all-row mean of feature 0
+    assert float(model.mean[0]) < 1.0 < float(x[:, 0].mean())
+    assert float(model.std[0]) == pytest.approx(float(x[:, 0].std()), rel=0.15)
+
+
+def test_sample_weights_must_be_finite_and_non_negative() -> None:
+    x, y = _data(100)
+    with pytest.raises(ValueError, match="sample_weight"):
+        fit(x, y, np.zeros(x.shape[1], bool), FitConfig(epochs=1, hidden=(4,)), sample_weight=-np.ones(100, np.float32))
