@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint bench venv model clean
+.PHONY: demo test lint bench bench-scoring venv model clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,11 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.core
 	$(BIN)/python -m bench.sink
 	$(BIN)/python -m bench.kafka
+	$(BIN)/python -m bench.scoring --device cpu
+
+# Scoring throughput per batch size on CPU, and on CUDA with the host-to-device limit when a GPU is present.
+bench-scoring: $(STAMP)
+	$(BIN)/python -m bench.scoring
 
 # Retrain the committed default model from simulated history (deterministic).
 model: $(STAMP)

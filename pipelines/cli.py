@@ -84,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
 
     register_db(sub)
 
+    from pipelines.cli_scoring import register as register_scoring
+
+    register_scoring(sub)
+
     q = sub.add_parser("query", help="run SQL against the store and print the result")
     q.add_argument("sql")
     q.add_argument("--store", default=None, help="store URL [env: LIFECYCLE_STORE]")

@@ -276,6 +276,8 @@ def compute_features(st: ShardState, rows: npt.NDArray[np.int64], now_ms: int) -
     """
     m = rows.shape[0]
     out = np.empty((m, N_FEATURES), np.float32)
+    if m == 0:
+        return out
     ts = st.ts
     age = (ts["ref_ts"][rows] - now_ms).astype(np.float64) / DAY_MS  # <= 0
     age = np.where(ts["ref_ts"][rows] == NEVER, 0.0, np.minimum(age, 0.0))

@@ -112,6 +112,23 @@ class PipelineMetrics:
         # CPU, memory, open files of this process (process_*), on the same endpoint.
         ProcessCollector(registry=r)
         self.stages = STAGES
+        # Scoring engine (pipelines/scoring.py, docs/scoring.md).
+        self.scoring_queue_delay = Histogram(
+            "lifecycle_scoring_queue_delay_seconds",
+            "Wait of a micro-batch's oldest rows between reaching the scorer and their micro-batch starting",
+            buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+            registry=r,
+        )
+        self.scoring_oom_splits = Counter(
+            "lifecycle_scoring_oom_splits",
+            "Micro-batches halved and retried after the device ran out of memory",
+            registry=r,
+        )
+        self.scoring_fallbacks = Counter(
+            "lifecycle_scoring_fallbacks",
+            "Switches of scoring to the CPU after the configured device failed (at load or at a call)",
+            registry=r,
+        )
 
 
 def build_labels() -> dict[str, str]:

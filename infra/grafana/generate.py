@@ -364,6 +364,27 @@ def pipeline_health() -> Board:
             )
         ],
     )
+    b.add(
+        "timeseries",
+        "Scoring queue delay",
+        [
+            prom(quantile(q, "lifecycle_scoring_queue_delay_seconds"), f"p{int(q * 100)}", ref=r)
+            for q, r in ((0.5, "A"), (0.99, "B"))
+        ],
+        unit="s",
+        description="How long a micro-batch's oldest rows waited in the scorer before their batch started "
+        "(dynamic batching delay plus the batches ahead of it). See docs/scoring.md.",
+    )
+    b.add(
+        "timeseries",
+        "OOM splits and CPU fallbacks",
+        [
+            prom(f"sum(increase(lifecycle_scoring_oom_splits_total{{{SEL}}}[{RI}]))", "OOM splits", ref="A"),
+            prom(f"sum(increase(lifecycle_scoring_fallbacks_total{{{SEL}}}[{RI}]))", "fallbacks to CPU", ref="B"),
+        ],
+        description="Micro-batches halved after the device ran out of memory, and switches of scoring to the "
+        "CPU after the GPU failed (then lifecycle_scoring_device shows cpu). Both should be 0.",
+    )
 
     b.row("Sink (ClickHouse)")
     b.add(

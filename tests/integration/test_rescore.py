@@ -1,0 +1,175 @@
+"""``lifecycle rescore`` against a real chDB store written by the real pipeline.
+
+The store is filled by ``run_pipeline`` from a simulated history file; a second model (the
+default one with a shifted churn head, under a new version) rescores it from the same file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from prometheus_client import CollectorRegistry
+
+from models.artifact import load_artifact, save_artifact
+from pipelines.app import run_pipeline
+from pipelines.batch import state_as_of
+from pipelines.cli_scoring import parse_as_of, register
+from pipelines.erasure import forget_user, set_consent
+from pipelines.features import FEATURE_NAMES, compute_features, schema_hash
+from pipelines.io.store import ChdbStore
+from pipelines.rescore import load_events, rescore
+from pipelines.scoring import DEFAULT_MODEL_DIR, Scorer
+from pipelines.settings import Settings
+from pipelines.simulate import SimConfig, simulate, write_jsonl
+
+NEW_VERSION = "lsm-test-rescore-2"
+FINAL_SQL = (
+    "SELECT user_id, stage, tier, at_risk, churn_risk, purchase_propensity, reasons, model_version, "
+    "toInt64(toUnixTimestamp64Milli(last_event_at)) AS last_event_ms, version FROM user_scores FINAL ORDER BY user_id"
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def pipeline_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(events file, chDB directory written by the real pipeline from it)."""
+    tmp = tmp_path_factory.mktemp("rescore")
+    events = tmp / "events.jsonl.gz"
+    write_jsonl(simulate(SimConfig(users=400, days=21, seed=3)).events, events)
+    store = tmp / "s.chdb"
+    s = Settings(input=str(events), store=f"chdb://{store}", metrics_port=0, shards=2)
+    run_pipeline(s, registry=CollectorRegistry(), serve_metrics=False)
+    return events, store
+
+
+@pytest.fixture(scope="module")
+def new_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model with its churn head shifted: every churn score changes."""
+    art = load_artifact(DEFAULT_MODEL_DIR, expected_schema_hash=schema_hash(), expected_names=FEATURE_NAMES)
+    with torch.no_grad():
+        art.model.head.bias[0] += 0.8
+        art.model.head.weight[1] *= 0.5
+    out = tmp_path_factory.mktemp("model") / "new"
+    return save_artifact(
+        art.model,
+        out,
+        model_version=NEW_VERSION,
+        feature_names=FEATURE_NAMES,
+        schema_hash=schema_hash(),
+        horizon_days=30,
+    )
+
+
+@pytest.fixture()
+def store_copy(pipeline_store: tuple[Path, Path], tmp_path: Path) -> Path:
+    dst = tmp_path / "s.chdb"
+    shutil.copytree(pipeline_store[1], dst, symlinks=True)  # relative links into store/ (Atomic database)
+    return dst
+
+
+def _final(path: Path) -> list[dict]:
+    store = ChdbStore(path)
+    try:
+        return store.query(FINAL_SQL).to_pylist()
+    finally:
+        store.close()
+
+
+def test_rescore_writes_every_user_with_the_new_model_and_the_scores_of_the_replayed_features(
+    pipeline_store: tuple[Path, Path], store_copy: Path, new_model: Path
+) -> None:
+    events_path, _ = pipeline_store
+    before = {r["user_id"]: r for r in _final(store_copy)}
+    assert before and {r["model_version"] for r in before.values()} == {"lsm-default-1"}
+    scorer = Scorer.from_dir(new_model, device="cpu", max_batch_rows=97)  # many micro-batches per page
+    events = load_events([events_path])
+    store = ChdbStore(store_copy)
+    try:
+        res = rescore(store, scorer, events, page_rows=150)  # several pages
+        history = store.query(
+            "SELECT count() AS n FROM score_history FINAL WHERE model_version = {v:String}", params={"v": NEW_VERSION}
+        ).to_pylist()[0]["n"]
+    finally:
+        store.close()
+    after = {r["user_id"]: r for r in _final(store_copy)}
+
+    assert set(after) == set(before)
+    assert res.users_in_store == res.rescored == len(before)
+    assert res.missing == res.newer_in_store == res.opted_out == 0
+    assert history == len(before)  # the score_history view records the rescore too
+    assert res.as_of_ms >= max(r["version"] for r in before.values())
+    assert {r["model_version"] for r in after.values()} == {NEW_VERSION}
+    assert {r["version"] for r in after.values()} == {res.as_of_ms + 1}
+
+    # the scores are those of the replayed features under the new model, user by user
+    st = state_as_of(events, res.as_of_ms)
+    x = compute_features(st, np.arange(st.n, dtype=np.int64), res.as_of_ms)
+    want = Scorer.from_dir(new_model, device="cpu").score(x)
+    idx = {u: i for i, u in enumerate(st.user_id[: st.n])}
+    for uid, row in after.items():
+        i = idx[uid]
+        assert row["churn_risk"] == pytest.approx(float(want.churn_risk[i]), abs=1e-6)
+        assert row["purchase_propensity"] == pytest.approx(float(want.purchase_propensity[i]), abs=1e-6)
+        assert row["reasons"] == want.reasons[i].as_py()
+        assert row["last_event_ms"] == before[uid]["last_event_ms"]
+    changed = sum(abs(after[u]["churn_risk"] - before[u]["churn_risk"]) > 1e-3 for u in after)
+    assert changed > 0.9 * len(after)  # it really is another model
+
+
+def test_rescore_leaves_opted_out_and_newer_rows_alone_and_never_brings_back_an_erased_user(
+    pipeline_store: tuple[Path, Path], store_copy: Path, new_model: Path
+) -> None:
+    events_path, _ = pipeline_store
+    before = {r["user_id"]: r for r in _final(store_copy)}
+    users = sorted(before)
+    opted, erased = users[0], users[1]
+    store = ChdbStore(store_copy)
+    try:
+        set_consent(store, [opted], True, "test")
+        forget_user(store, erased, reason="test")
+        events = load_events([events_path])
+        scorer = Scorer.from_dir(new_model, device="cpu")
+        # an as-of before the store's clock: rows the store wrote later would win anyway; they are left
+        early = rescore(store, scorer, events, as_of_ms=min(r["version"] for r in before.values()) - 1)
+        assert early.rescored == 0 and early.newer_in_store == len(before) - 2 and early.opted_out == 1
+        res = rescore(store, scorer, events)
+    finally:
+        store.close()
+    after = {r["user_id"]: r for r in _final(store_copy)}
+    assert erased not in after
+    assert after[opted] == before[opted]
+    assert res.opted_out == 1 and res.rescored == len(before) - 2 and res.users_in_store == len(before) - 1
+    assert {r["model_version"] for u, r in after.items() if u != opted} == {NEW_VERSION}
+
+
+def test_rescore_as_of_accepts_a_day_an_instant_or_epoch_ms() -> None:
+    assert parse_as_of("1790000000000") == 1_790_000_000_000
+    assert parse_as_of("2026-09-28") == parse_as_of("2026-09-29T00:00:00+08:00")
+    with pytest.raises(ValueError):
+        parse_as_of("2026-09-28T00:00:00")
+
+
+def test_rescore_command_rescores_the_store_and_exits_0(
+    pipeline_store: tuple[Path, Path], store_copy: Path, new_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser(prog="lifecycle")
+    register(parser.add_subparsers(dest="cmd"))
+    events_path, _ = pipeline_store
+    argv = ["rescore", "--events", str(events_path), "--model", str(new_model), "--store", f"chdb://{store_copy}"]
+    threads = torch.get_num_threads()
+    try:
+        args = parser.parse_args([*argv, "--device", "cpu"])
+        assert args.func(args) == 0
+        bad = parser.parse_args([*argv[:3], "--model", str(pipeline_store[1]), *argv[5:]])
+        assert bad.func(bad) == 2  # not a model artifact
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr()
+    assert "rescored" in out.out and NEW_VERSION in out.out and "not a model artifact" in out.err
+    assert {r["model_version"] for r in _final(store_copy)} == {NEW_VERSION}
