@@ -44,6 +44,11 @@ def quantile(q: float, histogram: str, by: str = "le") -> str:
     return f"histogram_quantile({q}, sum by ({by}) (rate({histogram}_bucket{{{SEL}}}[{RI}])))"
 
 
+def _quantile_targets(metric: str) -> list[dict[str, Any]]:
+    """p50/p95/p99 of a histogram, one target each (refs A, B, C)."""
+    return [prom(quantile(q, metric), f"p{int(q * 100)}", ref=r) for q, r in ((0.5, "A"), (0.95, "B"), (0.99, "C"))]
+
+
 def sql(raw: str, *, timeseries: bool = False) -> dict[str, Any]:
     return {
         "refId": "A",
@@ -291,27 +296,13 @@ def pipeline_health() -> Board:
     b.add(
         "timeseries",
         "Score freshness (event → score written)",
-        [
-            prom(
-                quantile(q, "lifecycle_score_freshness_seconds"),
-                f"p{int(q * 100)}",
-                ref=r,
-            )
-            for q, r in ((0.5, "A"), (0.95, "B"), (0.99, "C"))
-        ],
+        _quantile_targets("lifecycle_score_freshness_seconds"),
         unit="s",
     )
     b.add(
         "timeseries",
         "Pipeline latency (batch read → scores written)",
-        [
-            prom(
-                quantile(q, "lifecycle_pipeline_latency_seconds"),
-                f"p{int(q * 100)}",
-                ref=r,
-            )
-            for q, r in ((0.5, "A"), (0.95, "B"), (0.99, "C"))
-        ],
+        _quantile_targets("lifecycle_pipeline_latency_seconds"),
         unit="s",
     )
     b.add(
