@@ -55,6 +55,9 @@ class FeatureSpec:
     log: bool
     low: str
     high: str
+    #: value that separates the low and high phrase; None = the training mean. Ratios whose
+    #: meaning flips at 1 ("fell" / "rising") must not be worded against an average instead.
+    neutral: float | None = None
 
 
 def _build_registry() -> tuple[FeatureSpec, ...]:
@@ -224,6 +227,7 @@ def _build_registry() -> tuple[FeatureSpec, ...]:
             False,
             "activity fell (x{v:.2f} vs the month)",
             "activity rising (x{v:.2f})",
+            neutral=1.0,
         ),
         FeatureSpec(
             "trend_orders",
@@ -232,6 +236,7 @@ def _build_registry() -> tuple[FeatureSpec, ...]:
             False,
             "ordering slowed (x{v:.2f})",
             "ordering picked up (x{v:.2f})",
+            neutral=1.0,
         ),
     ]
     return tuple(specs)

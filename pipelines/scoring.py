@@ -696,10 +696,15 @@ class Scorer:
     # ------------------------------------------------------------------ internals
 
     def _raw_means(self) -> npt.NDArray[np.float64]:
+        """Per feature, the value above which a reason is worded "high": the feature's neutral
+        value where the registry defines one, else the training mean in raw units.
+        """
         m = self.model
         mean = m.mean.detach().cpu().numpy().astype(np.float64)
         log_mask = m.log_mask.detach().cpu().numpy()
-        return np.where(log_mask, np.expm1(mean), mean)
+        raw = np.where(log_mask, np.expm1(mean), mean)
+        neutral = np.array([np.nan if s.neutral is None else s.neutral for s in REGISTRY], np.float64)
+        return np.where(np.isnan(neutral), raw, neutral)
 
     def _set_device_gauge(self) -> None:
         if self.metrics is None:

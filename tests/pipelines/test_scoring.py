@@ -62,7 +62,8 @@ def reference_scores(model: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray,
             v = float(x[r, f])
             spec = REGISTRY[f]
             cents = min(max(round(v * 100), 0), (1 << 40) - 1)
-            row.append((spec.high if v >= mean_raw[f] else spec.low).format(v=cents / 100))
+            threshold = mean_raw[f] if spec.neutral is None else spec.neutral
+            row.append((spec.high if v >= threshold else spec.low).format(v=cents / 100))
         reasons.append(row)
     return probs.numpy(), reasons
 
@@ -286,3 +287,12 @@ def test_the_batcher_front_end_returns_each_request_its_own_scores(artifact: Art
     for p, s in zip(parts, got, strict=True):
         np.testing.assert_allclose(s.churn_risk, want.churn_risk[p], atol=1e-6)
         assert s.reasons.to_pylist() == want.reasons.take(p).to_pylist()
+
+
+def test_trend_reasons_are_worded_against_one_not_the_training_mean() -> None:
+    from pipelines.features import INDEX
+    from pipelines.scoring import DEFAULT_MODEL_DIR, Scorer
+
+    scorer = Scorer.from_dir(DEFAULT_MODEL_DIR, device="cpu")
+    thresholds = scorer._raw_means()
+    assert thresholds[INDEX["trend_activity"]] == 1.0 and thresholds[INDEX["trend_orders"]] == 1.0
