@@ -21,14 +21,12 @@ applied once (the first occurrence in the file), as a producer retry should be.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -205,41 +203,20 @@ def read_history(path: Path, *, limits: DecodeLimits | None = None) -> EventHist
     examples: list[str] = []
     for raw in raw_batches(path):
         d = decode_batch(raw, now_ms=now_ms, limits=lim)
-        parts.append(_concat_light([d.events]))  # drops the raw bytes of the batch now
+        parts.append(EventColumns.concat([d.events], keep_payloads=False))  # drops the raw bytes of the batch now
         for r in d.rejects:
             rejected[r.reason.value] += 1
             if len(examples) < 5:
                 examples.append(f"{r.position}: {r.reason.value} {r.detail}".rstrip())
-    events = _concat_light(parts)
-    _, first = np.unique(events.event_key, return_index=True)
-    duplicates = len(events) - first.shape[0]
-    if duplicates:
-        events = events.take(np.sort(first))
-    return EventHistory(sort_by_time(events), rejected, duplicates, tuple(examples))
+    events = EventColumns.concat(parts, keep_payloads=False)
+    unique = first_occurrences(events)
+    return EventHistory(sort_by_time(unique), rejected, len(events) - len(unique), tuple(examples))
 
 
-_CORE = ("user_key", "user_id", "event_key", "ts_ms", "type_code", "channel_code", "amount")
-
-
-def _concat_light(parts: list[EventColumns]) -> EventColumns:
-    """Concatenate decoded batches keeping the event columns and source offsets, not the raw bytes.
-
-    Offline replays never dead-letter after decoding, so the payload bytes (most
-    of the memory of a history) are dropped; any other per-row provenance array
-    of :class:`EventColumns` is zero-filled.
-    """
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return EventColumns.empty()
-    cols: dict[str, Any] = {name: np.concatenate([getattr(p, name) for p in parts]) for name in _CORE}
-    n = cols["ts_ms"].shape[0]
-    empty = EventColumns.empty()
-    for f in dataclasses.fields(EventColumns):
-        default = getattr(empty, f.name)
-        if f.name in cols or not isinstance(default, np.ndarray):
-            continue
-        cols[f.name] = np.concatenate([p.offsets for p in parts]) if f.name == "offsets" else np.zeros(n, default.dtype)
-    return EventColumns(**cols, source=parts[0].source)
+def first_occurrences(ev: EventColumns) -> EventColumns:
+    """Each event id once (its first occurrence, order kept), as the stream's deduplication counts it."""
+    _, first = np.unique(ev.event_key, return_index=True)
+    return ev if first.shape[0] == len(ev) else ev.take(np.sort(first))
 
 
 # --------------------------------------------------------------------------- replay

@@ -207,11 +207,18 @@ class EventColumns:
         )
 
     @staticmethod
-    def concat(parts: Sequence[EventColumns]) -> EventColumns:
-        """Concatenate batches (provenance of the first part is kept: offline use only)."""
+    def concat(parts: Sequence[EventColumns], *, keep_payloads: bool = True) -> EventColumns:
+        """Concatenate batches (provenance of the first part is kept: offline use only).
+
+        Raw payloads are carried only when ``keep_payloads`` is set and every part
+        still has them; offline replays never dead-letter after decoding, so they
+        drop the bytes (most of a history's memory) with ``keep_payloads=False``.
+        """
         parts = [p for p in parts if len(p)]
         if not parts:
             return EventColumns.empty()
+        n = sum(len(p) for p in parts)
+        keep = keep_payloads and all(len(p.batch_payloads) for p in parts)
         return EventColumns(
             user_key=np.concatenate([p.user_key for p in parts]),
             user_id=np.concatenate([p.user_id for p in parts]),
@@ -223,8 +230,8 @@ class EventColumns:
             source=parts[0].source,
             partition=parts[0].partition,
             offsets=np.concatenate([p.offsets for p in parts]),
-            payload_idx=np.arange(sum(len(p) for p in parts), dtype=np.int64),
-            batch_payloads=[p.batch_payloads[int(i)] for p in parts for i in p.payload_idx],
+            payload_idx=np.arange(n, dtype=np.int64) if keep else np.zeros(n, np.int64),
+            batch_payloads=[p.batch_payloads[int(i)] for p in parts for i in p.payload_idx] if keep else (),
         )
 
 

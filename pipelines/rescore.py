@@ -54,7 +54,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from pipelines.batch import read_history, sort_by_time, state_as_of
+from pipelines.batch import first_occurrences, read_history, sort_by_time, state_as_of
 from pipelines.erasure import opted_out_users
 from pipelines.events import EventColumns, hash_strings
 from pipelines.features import N_FEATURES, compute_features
@@ -104,12 +104,10 @@ def load_events(paths: Sequence[Path]) -> EventColumns:
         if hist.n_rejected:
             log.warning("%s: %d events rejected (%s)", p, hist.n_rejected, "; ".join(hist.examples[:3]))
         parts.append(hist.events)
-    ev = parts[0] if len(parts) == 1 else EventColumns.concat(parts)
-    if len(parts) > 1:  # the same event in two files (overlapping exports) counts once, as in the stream
-        _, first = np.unique(ev.event_key, return_index=True)
-        if first.shape[0] < len(ev):
-            ev = ev.take(np.sort(first))
-    return sort_by_time(ev)
+    if len(parts) == 1:
+        return parts[0]  # read_history already deduplicated and sorted it
+    # the same event in two files (overlapping exports) counts once, as in the stream
+    return sort_by_time(first_occurrences(EventColumns.concat(parts, keep_payloads=False)))
 
 
 def store_clock_ms(store: Store) -> int:

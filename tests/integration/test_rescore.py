@@ -173,3 +173,13 @@ def test_rescore_command_rescores_the_store_and_exits_0(
     out = capsys.readouterr()
     assert "rescored" in out.out and NEW_VERSION in out.out and "not a model artifact" in out.err
     assert {r["model_version"] for r in _final(store_copy)} == {NEW_VERSION}
+
+
+def test_overlapping_event_files_load_each_event_once_in_time_order(tmp_path: Path) -> None:
+    events = simulate(SimConfig(users=50, days=3)).events
+    write_jsonl(events.head(400), tmp_path / "a.jsonl")
+    write_jsonl(events.slice(300), tmp_path / "b.jsonl")  # 100 events in both exports
+    ev = load_events([tmp_path / "a.jsonl", tmp_path / "b.jsonl"])
+    assert len(ev) == events.height
+    assert np.unique(ev.event_key).shape[0] == len(ev)
+    assert bool(np.all(ev.ts_ms[1:] >= ev.ts_ms[:-1]))
