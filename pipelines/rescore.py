@@ -57,7 +57,7 @@ import pyarrow as pa
 from pipelines.batch import first_occurrences, read_history, sort_by_time, state_as_of
 from pipelines.erasure import opted_out_users
 from pipelines.events import EventColumns, hash_strings
-from pipelines.features import N_FEATURES, compute_features
+from pipelines.features import compute_features
 from pipelines.io.store import Store, record_model_version
 from pipelines.records import score_records
 from pipelines.scoring import Scorer, Scores
@@ -213,7 +213,7 @@ class _Writer:
         counts["missing"] += int((~found & ~opted_mask).sum())
         counts["newer"] += int((newer & ~opted_mask).sum())
         sel = rows[keep]
-        feats = compute_features(st, sel, self.as_of) if sel.shape[0] else np.zeros((0, N_FEATURES), np.float32)
+        feats = compute_features(st, sel, self.as_of)  # an empty page gives a 0 x N_FEATURES matrix
         return _Page(str(ids[-1]), sel, feats)
 
     def write(self, page: _Page, fut: Future[Scores], counts: dict[str, int]) -> None:
