@@ -3,13 +3,18 @@
 Every source (simulator, file, Kafka) hands the dataflow a :class:`RawBatch` of
 NDJSON payloads with their source positions. :func:`decode_batch` turns one
 batch into typed numpy columns (:class:`EventColumns`) plus a list of
-:class:`Rejection` records. Decoding is batch-wise: the whole batch is decoded
-by one ``msgspec`` call; only when that fails (one bad line poisons the native
-batch) do we fall back to decoding line by line, so that the bad line is
-isolated and the good lines around it are kept.
+:class:`Rejection` records. Decoding is batch-wise: one C-level ``map`` of the
+``msgspec`` decoder over the payloads; only when a payload fails (one bad line
+stops the ``map``) do we fall back to decoding line by line, so that the bad
+line is isolated and the good lines around it are kept. Every payload is
+decoded on its own on purpose: decoding the payloads joined into one JSON
+array (``[p0,p1,...]``) lets an empty payload vanish, lets one line carrying
+``{...},{...}`` become two events, and lets two malformed lines merge into one
+"valid" event across the comma between them - and it is slower (the join
+copies the batch).
 
-Nothing in here raises on bad input: every invalid event becomes a rejection
-with an enumerated :class:`RejectReason` and its source position.
+Nothing in here raises on bad input: every invalid event becomes exactly one
+rejection with an enumerated :class:`RejectReason` and its source position.
 """
 
 from __future__ import annotations
@@ -81,6 +86,14 @@ ACQUIRE_TYPES: frozenset[str] = frozenset({"register", "follow", "add_contact"})
 
 MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z; earlier epoch-ms values are bad data
 MAX_USER_ID_CHARS = 128
+#: Largest accepted ``amount`` (CNY). Larger finite values (``1e300``) overflow the float32 state
+#: sums to inf and would poison that user's features for good, so they are bad data, not orders.
+MAX_AMOUNT = 1e9
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: What makes a user id invalid besides its length: any control character (C0, DEL, C1), or
+#: leading/trailing white space in the Unicode sense (U+00A0, U+3000, ... and the BOM), which
+#: no producer means as part of an id. Format characters (ZWJ in emoji sequences) are allowed.
+_BAD_USER_ID = r"\p{Cc}|^[\s\p{Z}\x{FEFF}]|[\s\p{Z}\x{FEFF}]$"
 
 
 class RejectReason(enum.StrEnum):
@@ -268,8 +281,10 @@ class _WireEvent(msgspec.Struct, gc=False):
     props: msgspec.Raw = msgspec.Raw(b"null")
 
 
-_BATCH_DECODER = msgspec.json.Decoder(list[_WireEvent])
 _ONE_DECODER = msgspec.json.Decoder(_WireEvent)
+#: What a payload that does not decode can raise: msgspec's errors, a string that is not UTF-8
+#: (msgspec hands str bytes to Python's codec), nesting deeper than the decoder's recursion limit.
+_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 def hash_strings(values: npt.NDArray[np.object_]) -> npt.NDArray[np.int64]:
@@ -283,7 +298,9 @@ def hash_strings(values: npt.NDArray[np.object_]) -> npt.NDArray[np.int64]:
     return pd.util.hash_array(values, categorize=False).view(np.int64)
 
 
-def _classify(err: Exception) -> RejectReason:
+def _classify(err: BaseException) -> RejectReason:
+    if isinstance(err, UnicodeDecodeError | RecursionError):
+        return RejectReason.MALFORMED_JSON  # not UTF-8 / nested beyond any sane event: not our JSON
     if isinstance(err, msgspec.DecodeError) and not isinstance(err, msgspec.ValidationError):
         return RejectReason.MALFORMED_JSON
     msg = str(err)
@@ -296,17 +313,27 @@ def _classify(err: Exception) -> RejectReason:
     return RejectReason.BAD_TYPE
 
 
+def _error_detail(err: BaseException) -> str:
+    if isinstance(err, RecursionError):
+        return "JSON nested too deeply"
+    return str(err)[:200]
+
+
 def _decode_lines(
     raw: RawBatch, idx: list[int]
 ) -> tuple[list[_WireEvent], list[int], list[tuple[int, RejectReason, str]]]:
-    """Decode the lines ``idx``: fast path in one call, per-line fallback on error."""
+    """Decode the payloads ``idx``, each on its own: one C-level map, per-line fallback on error.
+
+    Each payload is one event or one rejection, never more or less (see the module docstring
+    for why the payloads are not joined into one JSON array).
+    """
     payloads = raw.payloads
     if not idx:
         return [], [], []
+    chosen = payloads if len(idx) == len(payloads) else [payloads[i] for i in idx]
     try:
-        joined = b"[" + b",".join([payloads[i] for i in idx]) + b"]"
-        return _BATCH_DECODER.decode(joined), idx, []
-    except (msgspec.DecodeError, UnicodeDecodeError):
+        return list(map(_ONE_DECODER.decode, chosen)), idx, []
+    except _DECODE_ERRORS:
         pass
     good: list[_WireEvent] = []
     good_idx: list[int] = []
@@ -315,8 +342,8 @@ def _decode_lines(
         try:
             good.append(_ONE_DECODER.decode(payloads[i]))
             good_idx.append(i)
-        except (msgspec.DecodeError, UnicodeDecodeError) as err:
-            bad.append((i, _classify(err), str(err)[:200]))
+        except _DECODE_ERRORS as err:
+            bad.append((i, _classify(err), _error_detail(err)))
     return good, good_idx, bad
 
 
@@ -333,18 +360,46 @@ def _codes(values: list[str], vocab: pa.Array) -> npt.NDArray[np.int8]:
 
 
 def _normalise_user_ids(ids: list[str]) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.bool_]]:
-    """NFC-normalise ids and flag invalid ones (empty, too long, control chars, padding)."""
+    """NFC-normalise ids, then flag invalid ones (empty, too long, control chars, padding).
+
+    NFC (canonical composition) only: NFC and NFD spellings of one id are the same user. Not
+    NFKC: compatibility variants (full-width ``Ｕ１`` vs ``U1``, ligatures) stay distinct ids,
+    since a producer may mean them apart. The checks run on the normalised id, so an NFD
+    spelling is accepted or rejected exactly like its NFC spelling (length in code points).
+    """
     arr = pa.array(ids, type=pa.string())
-    lengths = pc.utf8_length(arr).to_numpy(zero_copy_only=False)
-    bad = (lengths == 0) | (lengths > MAX_USER_ID_CHARS)
-    bad |= pc.match_substring_regex(arr, r"[\x00-\x1f\x7f]|^\s|\s$").to_numpy(zero_copy_only=False)
     out = np.asarray(ids, dtype=object)
     non_ascii = ~pc.string_is_ascii(arr).to_numpy(zero_copy_only=False)
-    if non_ascii.any():
-        # NFC/NFD variants of the same id must map to one user.
+    if non_ascii.any():  # ASCII is NFC already: only the rest pays for normalisation
         for i in np.flatnonzero(non_ascii):
             out[i] = unicodedata.normalize("NFC", out[i])
+        arr = pa.array(out, type=pa.string())
+    lengths = pc.utf8_length(arr).to_numpy(zero_copy_only=False)
+    bad = (lengths == 0) | (lengths > MAX_USER_ID_CHARS)
+    bad |= pc.match_substring_regex(arr, _BAD_USER_ID).to_numpy(zero_copy_only=False)
     return out, bad
+
+
+def _timestamps(raw_ts: list[int | dt.datetime]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Epoch ms of each ``ts`` and a mask of the unusable ones (naive ISO, outside int64)."""
+    m = len(raw_ts)
+    try:
+        return np.fromiter(raw_ts, np.int64, m), np.zeros(m, bool)  # all epoch ms in range: one C loop
+    except (TypeError, OverflowError):
+        pass
+    ts = np.zeros(m, np.int64)
+    bad = np.zeros(m, bool)
+    for i, t in enumerate(raw_ts):
+        if isinstance(t, dt.datetime):
+            if t.tzinfo is None:
+                bad[i] = True
+            else:
+                ts[i] = int(t.timestamp() * 1000)
+        elif _INT64_MIN <= t <= _INT64_MAX:
+            ts[i] = t
+        else:  # JSON integers are unbounded; ours are int64 epoch ms
+            bad[i] = True
+    return ts, bad
 
 
 def decode_batch(raw: RawBatch, *, now_ms: int, limits: DecodeLimits = DecodeLimits()) -> Decoded:
@@ -359,7 +414,9 @@ def decode_batch(raw: RawBatch, *, now_ms: int, limits: DecodeLimits = DecodeLim
         idx = []
         for i, p in enumerate(raw.payloads):
             if len(p) > max_bytes:
-                rejected.append((i, RejectReason.OVERSIZED, f"{len(p)} bytes > {max_bytes}"))
+                rejected.append(
+                    (i, RejectReason.OVERSIZED, f"{len(p)} bytes > {max_bytes}; payload cut to the first {max_bytes}")
+                )
             else:
                 idx.append(i)
     else:
@@ -371,21 +428,7 @@ def decode_batch(raw: RawBatch, *, now_ms: int, limits: DecodeLimits = DecodeLim
     pos = np.asarray(good_idx, dtype=np.int64)
 
     # --- timestamps: epoch ms ints on the fast path, ISO-8601 (with offset) otherwise
-    raw_ts = [e.ts for e in wire]
-    ts_bad = np.zeros(m, bool)
-    try:
-        ts = np.fromiter(raw_ts, np.int64, m)  # all epoch ms: one C loop
-    except TypeError:
-        ts = np.empty(m, np.int64)
-        for i, t in enumerate(raw_ts):
-            if isinstance(t, dt.datetime):
-                if t.tzinfo is None:
-                    ts_bad[i] = True
-                    ts[i] = 0
-                else:
-                    ts[i] = int(t.timestamp() * 1000)
-            else:
-                ts[i] = t
+    ts, ts_bad = _timestamps([e.ts for e in wire])
     ts_bad |= ts < MIN_TS_MS
     future = ~ts_bad & (ts > now_ms + limits.max_future_ms)
 
@@ -409,7 +452,7 @@ def decode_batch(raw: RawBatch, *, now_ms: int, limits: DecodeLimits = DecodeLim
         (types < 0, RejectReason.UNKNOWN_EVENT_TYPE),
         (chans < 0, RejectReason.UNKNOWN_CHANNEL),
         (monetary & amount_missing, RejectReason.MISSING_FIELD),
-        (monetary & ~np.isfinite(amount), RejectReason.BAD_AMOUNT),
+        (monetary & ~(np.abs(amount) <= MAX_AMOUNT), RejectReason.BAD_AMOUNT),  # inf and absurd values
         (monetary & (amount < 0), RejectReason.NEGATIVE_AMOUNT),
     ]
     ok = np.ones(m, bool)
@@ -441,8 +484,18 @@ def decode_batch(raw: RawBatch, *, now_ms: int, limits: DecodeLimits = DecodeLim
         batch_payloads=raw.payloads,
         read_at_ms=raw.read_at_ms,
     )
+    # An oversized payload is kept only up to the limit: a 10 MB line must not travel on as
+    # Arrow column, IPC stream and HTTP body (a copy each) into a rejected_events row. Its
+    # position (file:line, topic/partition/offset) still leads to the original.
     rejects = [
-        Rejection(reason, raw.source, raw.partition, int(raw.offsets[i]), bytes(raw.payloads[i]), detail)
+        Rejection(
+            reason,
+            raw.source,
+            raw.partition,
+            int(raw.offsets[i]),
+            bytes(raw.payloads[i][:max_bytes] if reason is RejectReason.OVERSIZED else raw.payloads[i]),
+            detail,
+        )
         for i, reason, detail in sorted(rejected)
     ]
     return Decoded(events=events, rejects=rejects, total=n)
@@ -459,4 +512,6 @@ def _detail(reason: RejectReason, e: _WireEvent) -> str:
         return f"{e.type} requires amount"
     if reason in (RejectReason.BAD_TIMESTAMP, RejectReason.FUTURE_TIMESTAMP):
         return f"ts={str(e.ts)[:64]}"
+    if reason is RejectReason.BAD_USER_ID:
+        return f"user_id={e.user_id[:32]!r} ({len(e.user_id)} chars)"
     return ""

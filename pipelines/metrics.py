@@ -59,7 +59,21 @@ class PipelineMetrics:
         self.sink_seconds = Histogram(
             "lifecycle_sink_write_seconds", "Store insert latency", ["table"], buckets=_LATENCY_BUCKETS, registry=r
         )
-        self.sink_errors = Counter("lifecycle_sink_errors", "Failed store inserts", ["table"], registry=r)
+        self.sink_errors = Counter(
+            "lifecycle_sink_errors", "Store inserts that failed for good (the worker stops)", ["table"], registry=r
+        )
+        self.store_up = Gauge(
+            "lifecycle_store_up",
+            "1 while the store takes inserts, 0 from an insert's first transient failure until one succeeds",
+            registry=r,
+        )
+        self.store_up.set(1)
+        self.store_retries = Counter(
+            "lifecycle_store_retries",
+            "Failed insert attempts retried while the store was unavailable (transient errors)",
+            ["table"],
+            registry=r,
+        )
         self.freshness = Histogram(
             "lifecycle_score_freshness_seconds",
             "Wall time from an event's timestamp to its score being written",
@@ -109,6 +123,7 @@ class PipelineMetrics:
         for table in TABLES:
             self.rows_written.labels(table=table)
             self.sink_errors.labels(table=table)
+            self.store_retries.labels(table=table)
         # CPU, memory, open files of this process (process_*), on the same endpoint.
         ProcessCollector(registry=r)
         self.stages = STAGES

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipelines.io.retry import RetryPolicy
 from pipelines.shard import ShardConfig
 from pipelines.stages import StageRules
 
@@ -27,6 +28,17 @@ class Settings(BaseSettings):
     store: str = Field("chdb://./data/lifecycle.chdb", description="chdb://PATH or http(s)://HOST:PORT/DB")
     store_user: str = Field("default", description="ClickHouse server user (http store)")
     store_password: SecretStr = Field(SecretStr(""), description="ClickHouse server password (http store)")
+    store_retry_initial_seconds: float = Field(
+        0.5, gt=0, description="first wait before retrying an insert while the store is unavailable (doubles per retry)"
+    )
+    store_retry_max_seconds: float = Field(
+        10.0, gt=0, description="longest wait between insert retries while the store is unavailable (jittered)"
+    )
+    store_max_outage_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="give up (stop the worker) once the store has been unavailable this long (0 = wait forever)",
+    )
     model_dir: Path = Field(DEFAULT_MODEL, description="model artifact directory")
     sql_dir: Path = Field(DEFAULT_SQL, description="directory of numbered .sql migrations")
     device: str = Field("auto", description="torch device for scoring: auto | cpu | cuda[:N]")
@@ -103,6 +115,11 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _store_retry(self) -> Settings:
+        self.store_retry()  # ValueError names the inconsistent pair
+        return self
+
     @field_validator("store")
     @classmethod
     def _store_scheme(cls, v: str) -> str:
@@ -134,6 +151,14 @@ class Settings(BaseSettings):
             churned_after_days=self.churned_after_days,
             vip_value_90d=self.vip_value_90d,
             at_risk_threshold=self.at_risk_threshold,
+        )
+
+    def store_retry(self) -> RetryPolicy:
+        """How the sink waits out an unavailable store (:mod:`pipelines.io.retry`)."""
+        return RetryPolicy(
+            initial_backoff_seconds=self.store_retry_initial_seconds,
+            max_backoff_seconds=self.store_retry_max_seconds,
+            max_outage_seconds=self.store_max_outage_seconds,
         )
 
     def shard_config(self) -> ShardConfig:

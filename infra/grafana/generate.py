@@ -403,7 +403,21 @@ def pipeline_health() -> Board:
         [
             prom(f"sum by (table) (increase(lifecycle_sink_errors_total{{{SEL}}}[{RI}]))", "{{table}}"),
         ],
-        description="Any failure pages (LifecycleSinkErrors); the worker stops and resumes from its last snapshot.",
+        description="Inserts that failed for good (LifecycleSinkErrors pages); the worker stops and resumes from its "
+        "last snapshot. Transient failures are retried instead: see Store availability.",
+    )
+    b.add(
+        "timeseries",
+        "Store availability and insert retries",
+        [
+            prom(f"min by (instance) (lifecycle_store_up{{{SEL}}})", "store up {{instance}}", ref="A"),
+            prom(
+                f"sum by (table) (increase(lifecycle_store_retries_total{{{SEL}}}[{RI}]))", "retries {{table}}", ref="B"
+            ),
+        ],
+        description="Store up: 1 while ClickHouse takes inserts, 0 while every insert fails transiently (refused, "
+        "timed out, overloaded); LifecycleStoreDown pages after 5 min. Meanwhile the pipeline retries with backoff "
+        "and reads no input (backpressure), losing nothing.",
     )
 
     b.row("State and process")

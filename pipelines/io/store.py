@@ -71,7 +71,16 @@ _INSERT_CLAUSE = ", ".join(f"{k} = {v}" for k, v in INSERT_SETTINGS.items())
 
 
 class StoreError(Exception):
-    """A store operation failed; the message names the table or statement."""
+    """A store operation failed; the message names the table or statement.
+
+    ``transient`` is the backend's verdict that the same call may succeed later (the server
+    was unreachable, timed out or overloaded); the sink keeps retrying those
+    (:mod:`pipelines.io.retry`) and raises everything else at once.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class Store(ABC):
@@ -241,10 +250,13 @@ class HttpStore(Store):
     transient errors (network failures, and the server codes in
     :data:`TRANSIENT_ERROR_CODES`) with exponential backoff: waits of
     ``backoff_seconds * 2**k`` capped at ``max_backoff_seconds``, at most
-    ``retries`` retries, then :class:`StoreError`. A retry cannot duplicate
-    rows: if the failed attempt did commit, the server drops the retry by its
-    token. Queries are retried the same way (they change nothing); commands
-    (DDL, mutations) are not, since not every statement is safe to repeat.
+    ``retries`` retries, then :class:`StoreError` (``transient=True`` when the
+    last error was transient: these in-place retries absorb blips of a second
+    or two; the sink waits out longer outages, :mod:`pipelines.io.retry`). A
+    retry cannot duplicate rows: if the failed attempt did commit, the server
+    drops the retry by its token. Queries are retried the same way (they change
+    nothing); commands (DDL, mutations) are not, since not every statement is
+    safe to repeat.
 
     ``async_insert=True`` lets the server buffer small inserts from many
     writers into fewer parts (``async_insert=1``); it always waits for the
@@ -262,8 +274,12 @@ class HttpStore(Store):
         retries: int = 4,
         backoff_seconds: float = 0.1,
         max_backoff_seconds: float = 5.0,
+        timeout_seconds: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``timeout_seconds``: socket read timeout of one request (clickhouse-connect's
+        ``send_receive_timeout``, default 300 s); a timed-out insert is retried like a refused one.
+        """
         import clickhouse_connect
 
         if retries < 0 or backoff_seconds < 0 or max_backoff_seconds < 0:
@@ -277,6 +293,7 @@ class HttpStore(Store):
         self.max_backoff_seconds = max_backoff_seconds
         self._sleep = sleep
         self._where = f"{u.hostname}:{u.port}"  # the URL may carry a password: name only host and port
+        options: dict[str, Any] = {} if timeout_seconds is None else {"send_receive_timeout": timeout_seconds}
         try:
             self._client = clickhouse_connect.get_client(
                 host=u.hostname or "localhost",
@@ -285,9 +302,12 @@ class HttpStore(Store):
                 password=u.password or password,
                 secure=u.scheme == "https",
                 database=database,
+                **options,
             )
         except Exception as err:
-            raise StoreError(f"cannot connect to ClickHouse at {self._where}: {err}") from err
+            raise StoreError(
+                f"cannot connect to ClickHouse at {self._where}: {err}", transient=is_transient(err)
+            ) from err
         # as clickhouse-connect's own insert_arrow: compress Arrow buffers with the codec it negotiated
         wc = getattr(self._client, "write_compression", None)
         self._ipc_compression = wc if wc in ("lz4", "zstd") else None
@@ -296,7 +316,7 @@ class HttpStore(Store):
         try:
             self._client.command(sql, parameters=dict(params) if params else None)
         except Exception as err:
-            raise StoreError(f"ClickHouse: {err}") from err
+            raise StoreError(f"ClickHouse: {err}", transient=is_transient(err)) from err
 
     def insert(self, table: str, data: pa.Table, *, token: str | None = None) -> None:
         """Insert one block; ``token`` overrides the content-derived deduplication token."""
@@ -329,11 +349,16 @@ class HttpStore(Store):
             try:
                 return call()
             except Exception as err:
-                if not is_transient(err) or attempt >= self.retries:
+                transient = is_transient(err)
+                if not transient or attempt >= self.retries:
                     tries = f" after {attempt + 1} attempts" if attempt else ""
-                    raise StoreError(f"ClickHouse {what} at {self._where} failed{tries}: {err}") from err
+                    raise StoreError(
+                        f"ClickHouse {what} at {self._where} failed{tries}: {err}", transient=transient
+                    ) from err
                 wait = min(self.max_backoff_seconds, self.backoff_seconds * 2**attempt)
-                log.warning(
+                # debug, not warning: a blip is retried here in a second or two; a longer outage is
+                # logged once by whoever keeps retrying (the sink: pipelines/io/retry.py)
+                log.debug(
                     "ClickHouse %s failed (%s); retry %d/%d in %.2f s", what, err, attempt + 1, self.retries, wait
                 )
                 self._sleep(wait)

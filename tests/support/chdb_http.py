@@ -33,6 +33,13 @@ What it implements (see ``docs`` of the ClickHouse HTTP interface):
 * Errors as HTTP 500 with ``X-ClickHouse-Exception-Code`` and a
   ``Code: N. DB::Exception: ...`` body, which clickhouse-connect raises.
 
+Fault injection for reliability tests: :meth:`ChdbHttpServer.stop` / ``start``
+take the endpoint down and back on the same port (connection refused meanwhile),
+and :meth:`ChdbHttpServer.slow_down` delays the answers to requests (all, or
+only inserts; the next N or every one), as a slow or overloaded server would.
+A delayed request is executed after its delay even when the client has given
+up waiting, like a real server that commits an insert whose answer is lost.
+
 Not implemented: authentication (any user and password are accepted),
 sessions (all requests share the one chDB session), external data tables,
 ClickHouse's own block compression (``compress=1`` / ``decompress=1``), progress
@@ -443,6 +450,10 @@ class ChdbHttpServer:
         self.display_name = display_name
         self.version = ""
         self.requests = 0
+        self.delayed = 0
+        self._delay = 0.0
+        self._delay_left: int | None = None
+        self._delay_inserts_only = False
         self._engine: _Engine | None = None
         self._httpd: _HttpServer | None = None
         self._thread: threading.Thread | None = None
@@ -505,6 +516,27 @@ class ChdbHttpServer:
     ) -> None:
         self.stop()
 
+    def slow_down(self, seconds: float, *, count: int | None = None, inserts_only: bool = False) -> None:
+        """Delay the answer to the next ``count`` requests (``None``: every one) by ``seconds``.
+
+        The delay comes before the request runs and outside the engine lock, so concurrent
+        requests are delayed side by side, as on a slow network or an overloaded server.
+        ``slow_down(0)`` ends it.
+        """
+        with self._state_lock:
+            self._delay = seconds
+            self._delay_left = count
+            self._delay_inserts_only = inserts_only
+
+    def _take_delay(self, is_insert: bool) -> float:
+        with self._state_lock:
+            if self._delay <= 0 or (self._delay_inserts_only and not is_insert) or self._delay_left == 0:
+                return 0.0
+            if self._delay_left is not None:
+                self._delay_left -= 1
+            self.delayed += 1
+            return self._delay
+
     # ------------------------------------------------------------------ request execution
 
     def compression_enabled(self, params: dict[str, str]) -> bool:
@@ -522,8 +554,11 @@ class ChdbHttpServer:
         if not full.strip():
             raise ServerError(62, "Empty query", "SYNTAX_ERROR")
         bind = {k.removeprefix("param_"): v for k, v in params.items() if k.startswith("param_")}
-        t0 = time.perf_counter()
         head = _INSERT_HEAD.match(full[:_INSERT_HEAD_WINDOW])
+        delay = self._take_delay(head is not None)
+        if delay:
+            time.sleep(delay)
+        t0 = time.perf_counter()
         with engine.lock:
             self.requests += 1
             engine.prepare(params)
