@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint bench bench-scoring venv model clean
+.PHONY: demo test lint bench bench-scoring soak venv model clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.sink
 	$(BIN)/python -m bench.kafka
 	$(BIN)/python -m bench.scoring --device cpu
+
+# Randomized faults (kill -9, SIGTERM, broker restart) against a live Kafka run for SOAK_SECONDS (default 600),
+# checked against an uninterrupted reference run; prints a JSON summary. Not part of `make test`.
+soak: $(STAMP)
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/python -m tests.reliability.soak
 
 # Scoring throughput per batch size on CPU, and on CUDA with the host-to-device limit when a GPU is present.
 bench-scoring: $(STAMP)

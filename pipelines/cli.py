@@ -63,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
         )
     run.add_argument("--summary", action="store_true", help="print a summary of the store after the run")
     run.add_argument("--progress", action="store_true", help="show a progress bar")
+    run.add_argument(
+        "--summary-json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="write the run's counters (events in, applied, duplicates, opted out, rejected by reason, rows "
+        "written by table) to PATH as JSON when the run ends",
+    )
 
     sim = sub.add_parser("simulate", help="write a simulated event stream (NDJSON) and its ground truth")
     sim.add_argument("--users", type=int, default=50_000)
@@ -114,6 +122,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"lifecycle run: input={s.input} store={s.store} model={s.model_dir.name} device={s.device} "
         f"shards={s.shards} metrics=http://{s.metrics_host}:{s.metrics_port}/metrics"
     )
+    if s.input.startswith("kafka://"):
+        # A Kafka run never ends by itself: SIGTERM drains it (README "Stopping"). File and
+        # simulator runs end on their own; SIGTERM stops them at once (resume from the last epoch).
+        from pipelines.app import install_graceful_stop
+
+        install_graceful_stop()
     if args.progress:
         progress = Progress(
             TextColumn("[bold]events"),
@@ -132,6 +146,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             )
     else:
         result = run_pipeline(s)
+    if args.summary_json is not None:
+        import dataclasses
+        import json
+
+        args.summary_json.write_text(json.dumps(dataclasses.asdict(result), sort_keys=True) + "\n")
     if args.summary:
         store = open_migrated_store(s)
         try:

@@ -14,7 +14,7 @@ Delivery and resume semantics (exactly what the code does):
   ``group.id`` (``settings.kafka_group``) is only a client label that
   librdkafka requires.
 * The only record of progress is the Bytewax snapshot of each partition: the
-  offset of the *next* record to read, i.e. the offset of the last record
+  offset of the *next* record to hand on, i.e. the offset of the last record
   handed to the flow + 1 (or the end offset the broker reported, when the
   partition was caught up). Before the first record or end-of-partition it is
   the logical start (``earliest``/``latest``). With a recovery store a restarted
@@ -35,7 +35,13 @@ Delivery and resume semantics (exactly what the code does):
   finds nothing to skip. If no record is that new yet, the partition starts at
   the end.
 * Within a run, every record with a value is handed on once, in offset order,
-  in batches of at most ``batch_events``. Records with a null value
+  in batches of at most ``batch_events``. Batches are *aligned*: one batch never
+  spans a multiple of ``batch_events`` in offset space, and a batch ends early
+  only when the partition is caught up. Records read but not yet handed on (an
+  open range) are not in the snapshot. So a batch's content depends on the topic,
+  not on fetch timing, and a run resumed after a crash cuts exactly the batches of
+  an uninterrupted one (the flow's event-time clock advances per batch: equal
+  batches give equal scores). Records with a null value
   (tombstones) carry no event: they are skipped like blank lines of a file,
   logged and counted, and the position moves past them. Error events from the
   client (transport errors, which librdkafka retries by itself) are logged and
@@ -45,6 +51,11 @@ Delivery and resume semantics (exactly what the code does):
   recreated), the client restarts at the earliest retained offset
   (``auto.offset.reset=earliest``, not overridable) and the jump is logged as a
   warning; nothing silently skips to the end.
+* Graceful stop (:func:`request_stop`, which ``lifecycle run`` calls on SIGTERM):
+  every partition ends (``StopIteration``) at its next poll, its snapshot the
+  offset after the last record handed on; held records are read again after a
+  restart. The flow then drains like at the end of a finite input and commits a
+  final epoch, so a restart with the recovery store repeats and loses nothing.
 * ``settings.kafka_eof_exit``: a partition ends (``StopIteration``) at the first
   poll after it has handed on everything up to the end of the partition, so
   tests and backfills terminate when caught up. Otherwise partitions run until
@@ -61,13 +72,15 @@ Delivery and resume semantics (exactly what the code does):
 
 from __future__ import annotations
 
+import bisect
 import logging
+import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 from urllib.parse import urlsplit
 
 import msgspec
@@ -213,6 +226,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         metadata_timeout_s: float = 10.0,
         start_timestamp_ms: int | None = None,
         lag: Gauge | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self._topic = topic
         self._partition = partition
@@ -236,7 +250,13 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             log.warning("kafka %s[%d]: no metadata yet (%s); the client keeps trying", topic, partition, err)
         if start_timestamp_ms is not None:
             start = self._offset_for_time(start_timestamp_ms, metadata_timeout_s)
-        self._next = start
+        self._next = start  # next offset to read from the client
+        #: records read but not yet handed on (the open aligned range; see ``_cut``)
+        self._held_offsets: list[int] = []
+        self._held_payloads: list[bytes] = []
+        self._held_from = start  # the snapshot while records are held
+        self._stop = stop if stop is not None else threading.Event()
+        self._stopping = False
         self._checked_start = start < 0  # logical start: no gap check
         self._consumer.assign([TopicPartition(topic, partition, start)])
         log.info("kafka %s[%d]: assigned at %s", topic, partition, _labels(start))
@@ -263,18 +283,35 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         return self._topic, self._partition
 
     def next_batch(self) -> list[RawBatch]:
-        if self._at_end and self._eof_exit:
+        if self._stop.is_set():
+            self._end_on_stop()
+        if self._at_end and self._eof_exit and not self._held_offsets:
             raise StopIteration()
-        msgs = self._consumer.consume(num_messages=self._batch, timeout=POLL_TIMEOUT_S)
+        msgs = self._consumer.consume(num_messages=self._want(), timeout=POLL_TIMEOUT_S)
         self._idle = not msgs
         if self._seek_ms is not None and msgs:
             msgs = self._skip_before_start(msgs)
-        batch = self._to_batch(msgs) if msgs else []
+        if msgs:
+            self._hold(msgs)
+        batches = self._cut() if self._held_offsets else []
         if self._lag is not None:
             self._report_lag(self._lag)
-        return batch
+        return batches
 
-    def _to_batch(self, msgs: list[Message]) -> list[RawBatch]:
+    def _want(self) -> int:
+        """Records to ask the client for: up to the next multiple of ``batch_events`` (aligned batches)."""
+        if self._held_offsets:
+            return max(1, self._boundary(self._held_offsets[0]) - self._next)
+        if self._next >= 0:
+            return self._batch - self._next % self._batch
+        return self._batch  # logical start: the first record fixes the alignment
+
+    def _boundary(self, offset: int) -> int:
+        return (offset // self._batch + 1) * self._batch
+
+    def _hold(self, msgs: list[Message]) -> None:
+        """Records of one poll (client events handled) onto the held run, in offset order."""
+        before = self._next
         errors = [m.error() for m in msgs]
         # (never ``==`` on KafkaError: its comparison with None leaves a pending exception in the interpreter)
         if all(e is None for e in errors):  # the common case: records only, no per-record Python loop
@@ -288,16 +325,56 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         if None in payloads:
             offsets, payloads = self._drop_tombstones(offsets, payloads)
         if not payloads:
-            return []
-        return [
-            RawBatch(
-                source=self._topic,
-                partition=self._partition,
-                offsets=np.asarray(offsets, dtype=np.int64),
-                payloads=payloads,  # type: ignore[arg-type]  # no None left
-                read_at_ms=int(self._clock() * 1000),
+            return
+        if not self._held_offsets:
+            self._held_from = before  # nothing of this run handed on yet: a snapshot resumes here
+        self._held_offsets += offsets
+        self._held_payloads += cast(list[bytes], payloads)  # no None left
+
+    def _cut(self) -> list[RawBatch]:
+        """Hand on the held records of every completed aligned range, and all of them at the end.
+
+        A range ``[k * batch_events, (k + 1) * batch_events)`` is complete once the read position
+        passed its end. So a batch's content depends on the topic alone, not on how the client's
+        fetches happened to split it, and a run resumed at a snapshot (always a range end, or the
+        partition end) cuts the same batches as an uninterrupted run: the flow's event-time clock
+        advances per batch, so the scores of a replay equal the original's.
+        """
+        out: list[RawBatch] = []
+        offs, pays = self._held_offsets, self._held_payloads
+        while offs:
+            end = self._boundary(offs[0])
+            n = bisect.bisect_left(offs, end)
+            if n == len(offs) and self._next < end:
+                if not self._at_end:
+                    break  # range still open: hold until more records or the end of the partition
+                n = len(offs)  # caught up: hand on the partial range (a live stream must not wait)
+            out.append(self._raw_batch(offs[:n], pays[:n]))
+            self._held_from = offs[n - 1] + 1
+            offs, pays = offs[n:], pays[n:]
+        self._held_offsets, self._held_payloads = offs, pays
+        return out
+
+    def _raw_batch(self, offsets: list[int], payloads: list[bytes]) -> RawBatch:
+        return RawBatch(
+            source=self._topic,
+            partition=self._partition,
+            offsets=np.asarray(offsets, dtype=np.int64),
+            payloads=payloads,
+            read_at_ms=int(self._clock() * 1000),
+        )
+
+    def _end_on_stop(self) -> NoReturn:
+        """Graceful stop: end this partition now; held records were not handed on and are read again."""
+        if not self._stopping:
+            self._stopping = True
+            log.info(
+                "kafka %s[%d]: stop requested: partition ends at offset %s (%d read record(s) not handed on)",
+                *self._pos(),
+                _labels(self.snapshot()),
+                len(self._held_offsets),
             )
-        ]
+        raise StopIteration()
 
     def _skip_before_start(self, msgs: list[Message]) -> list[Message]:
         """Time start: drop records older than the start time up to the first one that is not.
@@ -331,12 +408,13 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         return [m for m in msgs if m.error() is not None]
 
     def _report_lag(self, gauge: Gauge) -> None:
-        if self._next < 0:
+        handed = self.snapshot()
+        if handed < 0:
             return  # logical start not yet resolved: lag unknown
         marks = self._consumer.get_watermark_offsets(self._tp, cached=True)  # from fetch responses
         if marks is None or marks[1] < 0:
             return  # no fetch response yet
-        gauge.set(max(0, marks[1] - self._next))
+        gauge.set(max(0, marks[1] - handed))
 
     def _slow_path(self, msgs: list[Message], errors: list[KafkaError | None]) -> tuple[list[int], list[bytes | None]]:
         """Records and client events mixed: keep the records in order, handle each event."""
@@ -403,12 +481,28 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         return datetime.now(UTC) + (IDLE_BACKOFF if self._at_end else FETCH_BACKOFF)
 
     def snapshot(self) -> int:
-        return self._next
+        # Records read but still held (an open aligned range) were not handed on: resume before them.
+        return self._held_from if self._held_offsets else self._next
 
     def close(self) -> None:
         if self._tombstones:
             log.info("kafka %s[%d]: %d null-value records skipped", self._topic, self._partition, self._tombstones)
         self._consumer.close()
+
+
+#: Process-wide graceful-stop request (:func:`request_stop`): the default ``stop`` of every source.
+STOP_REQUESTED = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask every Kafka source of this process to end its partitions at their next poll (graceful stop).
+
+    Safe to call from a signal handler: it only sets an event. Each partition then
+    raises ``StopIteration`` with its snapshot at the last record it handed on, so
+    the flow reaches end of input, flushes and commits a final epoch, and a run
+    resumed from the recovery store continues at exactly that offset.
+    """
+    STOP_REQUESTED.set()
 
 
 class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
@@ -421,6 +515,8 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
     ``start`` (:func:`parse_kafka_start`) applies to partitions without resume state only.
     ``lag_gauge``: a Prometheus gauge with the label ``partition`` and optionally ``topic``
     (``lifecycle_kafka_consumer_lag``), set per partition after every poll.
+    ``stop``: when set, every partition ends at its next poll (graceful stop); default
+    :data:`STOP_REQUESTED`, which :func:`request_stop` sets.
     """
 
     def __init__(
@@ -436,6 +532,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         clock: Clock = time.time,
         metadata_timeout_s: float = 10.0,
         lag_gauge: Gauge | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         if batch_events < 1:
             raise ValueError(f"batch_events must be >= 1, got {batch_events}")
@@ -455,6 +552,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         self._config = dict(config or {})
         self._clock = clock
         self._metadata_timeout_s = metadata_timeout_s
+        self._stop = stop if stop is not None else STOP_REQUESTED
 
     @classmethod
     def from_url(
@@ -540,6 +638,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
             metadata_timeout_s=self._metadata_timeout_s,
             start_timestamp_ms=self.start.timestamp_ms if fresh else None,  # a resume state wins over the start
             lag=lag,
+            stop=self._stop,
         )
 
 

@@ -9,7 +9,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer
 from prometheus_client import CollectorRegistry
 
 from pipelines.events import RawBatch
@@ -323,7 +323,9 @@ def test_records_around_client_events_are_all_handed_on_in_order(kafka_broker) -
         got = []
         for _ in range(3):
             got += _records(part.next_batch())
-            if len(got) < 5:
+            if not got:  # an open aligned range, not caught up: held, nothing handed on yet
+                assert part.snapshot() == OFFSET_BEGINNING
+            elif len(got) < 5:
                 assert part.snapshot() == got[-1][0] + 1
         assert got == [(0, b"a"), (1, b"b"), (2, b"c"), (3, b"d"), (4, b"e")]
         assert part.snapshot() == 5
