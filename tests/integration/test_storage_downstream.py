@@ -27,6 +27,7 @@ from pipelines.erasure import erased_user_hashes, forget_user, opted_out_users, 
 from pipelines.io.store import ChdbStore
 from pipelines.settings import Settings
 from tests.support.events import T0, line
+from tests.support.taxonomy import taxonomy_variant
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +77,7 @@ def run(input_path: Path, store_dir: Path) -> None:
         metrics_port=0,
         shards=2,
         batch_events=20,
-        at_risk_threshold=0.0,
+        taxonomy=str(taxonomy_variant(store_dir.parent / "taxonomy", at_risk_threshold=0.0)),
     )
     run_pipeline(s, registry=CollectorRegistry(), serve_metrics=False)
 
