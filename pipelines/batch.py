@@ -248,9 +248,7 @@ def state_as_of(ev: EventColumns, cutoff_ms: int) -> ShardState:
 # --------------------------------------------------------------------------- scoring
 
 
-def score_as_of(
-    events: EventColumns, *, cutoff_ms: int, scorer: Scorer, taxonomy: Taxonomy | None = None
-) -> pa.Table:
+def score_as_of(events: EventColumns, *, cutoff_ms: int, scorer: Scorer, taxonomy: Taxonomy | None = None) -> pa.Table:
     """One row per user seen at or before ``cutoff_ms``, scored as of that instant.
 
     Events after ``cutoff_ms`` are dropped first, so they cannot change anything.
@@ -276,9 +274,7 @@ def score_as_of(
             "churn_risk": pa.array(scores.churn_risk, pa.float32()),
             "purchase_propensity": pa.array(scores.purchase_propensity, pa.float32()),
             "reasons": scores.reasons,
-            "at_risk": pa.array(
-                tax.at_risk(feats, stage, scores.churn_risk, scores.purchase_propensity), pa.bool_()
-            ),
+            "at_risk": pa.array(tax.at_risk(feats, stage, scores.churn_risk, scores.purchase_propensity), pa.bool_()),
             "model_version": pa.array(np.full(n, scorer.model_version, dtype=object), pa.string()),
             "last_event_at": pa.array(last_ev, ts_type, mask=last_ev == NEVER),
             "as_of": pa.array(np.full(n, cutoff_ms, np.int64), ts_type),

@@ -92,6 +92,10 @@ def _run(args: argparse.Namespace, action: str) -> int:
         print(f"lifecycle {action}: {err}", file=sys.stderr)
         return 1
     try:
+        if action != "db migrate":
+            # consent may be recorded before the pipeline first ran, and both commands write columns
+            # of the newest schema: bring the store up to date first (idempotent)
+            store.migrate(sql_dir)
         if action == "db migrate":
             from pipelines.migrations import apply_migrations, discover
 

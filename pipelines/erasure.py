@@ -197,7 +197,7 @@ def erase_from_recovery(recovery_dir: Path, user_ids: Iterable[str]) -> int:
             for step_id, key, epoch, blob in rows:
                 snap = pickle.loads(blob)
                 state = ShardState.restore(snap["state"])
-                rows = state.lookup(keys)
+                state_rows = state.lookup(keys)
                 n = state.erase(keys)
                 if not n:
                     continue
@@ -207,7 +207,7 @@ def erase_from_recovery(recovery_dir: Path, user_ids: Iterable[str]) -> int:
                 snap["pending"] = snap["pending"][~np.isin(snap["pending"], gone)]
                 led = snap.get("ledger")
                 if led is not None:  # the users' action history (playbooks) goes too
-                    hit = rows[(rows >= 0) & (rows < led["given"].shape[0])]
+                    hit = state_rows[(state_rows >= 0) & (state_rows < led["given"].shape[0])]
                     led["given"][hit] = np.iinfo(np.int64).min // 4
                     led["current"][hit] = -1
                     led["rule"][hit] = -1

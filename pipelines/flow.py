@@ -262,6 +262,7 @@ def build_flow(
         return d
 
     decoded = op.map("decode", raw, decode)
+
     def shard(d: Decoded) -> list[tuple[str, tuple[str, EventColumns, int]]]:
         parts = split_by_shard(d.events, cfg.shards)
         if cfg.exchange:
@@ -296,9 +297,7 @@ def build_flow(
     return flow
 
 
-def count_transitions(
-    metrics: PipelineMetrics, prev: np.ndarray, stage: np.ndarray, names: Sequence[str]
-) -> None:
+def count_transitions(metrics: PipelineMetrics, prev: np.ndarray, stage: np.ndarray, names: Sequence[str]) -> None:
     """Increment the transitions counter by (from, to) pairs, vectorised. ``names[-1]`` is "none" (code -1)."""
     changed = prev != stage
     if not changed.any():

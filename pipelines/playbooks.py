@@ -45,6 +45,7 @@ from pipelines.rules import (
     Vocabulary,
     check_type,
     compile_condition,
+    error_at,
     load_yaml,
     need,
     only_keys,
@@ -139,7 +140,22 @@ def vocabulary(taxonomy: Taxonomy, params: Mapping[str, float]) -> Vocabulary:
 
 def parse_playbook(doc: Located, taxonomy: Taxonomy) -> Playbook:
     top = check_type(doc, doc.data, dict, ())
-    only_keys(doc, top, ("name", "version", "taxonomy", "description", "params", "quiet_hours", "day_starts_utc_offset_hours", "actions", "rules"), ())  # noqa: E501
+    only_keys(
+        doc,
+        top,
+        (
+            "name",
+            "version",
+            "taxonomy",
+            "description",
+            "params",
+            "quiet_hours",
+            "day_starts_utc_offset_hours",
+            "actions",
+            "rules",
+        ),
+        (),
+    )  # noqa: E501
     name = need(doc, top, "name", str, ())
     version = need(doc, top, "version", int, ())
     if version < 1:
@@ -155,7 +171,9 @@ def parse_playbook(doc: Located, taxonomy: Taxonomy) -> Playbook:
     quiet = float(check_type(doc, top.get("quiet_hours", 0), (int, float), ("quiet_hours",)))
     if quiet < 0:
         raise doc.error(("quiet_hours",), f"must be >= 0, got {quiet}")
-    offset = float(check_type(doc, top.get("day_starts_utc_offset_hours", 8), (int, float), ("day_starts_utc_offset_hours",)))
+    offset = float(
+        check_type(doc, top.get("day_starts_utc_offset_hours", 8), (int, float), ("day_starts_utc_offset_hours",))
+    )
     if not -12 <= offset <= 14:
         raise doc.error(("day_starts_utc_offset_hours",), f"must be a UTC offset in hours (-12..14), got {offset}")
 
@@ -201,7 +219,7 @@ def parse_playbook(doc: Located, taxonomy: Taxonomy) -> Playbook:
             raise doc.error((*at, "action"), f"unknown action {act!r}; actions: {', '.join([*names, NONE])}")
         if "when" not in r:
             raise doc.error(at, "missing required field 'when'")
-        cond = compile_condition(r["when"], vocab, lambda p, at=at: doc.error((*at, "when"), p))
+        cond = compile_condition(r["when"], vocab, error_at(doc, (*at, "when")))
         rules.append((-prio, i, PlaybookRule(rid, prio, cond, names.index(act) if act != NONE else -1)))
     if len(rules) > 30000:
         raise doc.error(("rules",), "at most 30000 rules")

@@ -258,7 +258,9 @@ class _Writer:
         )
         tiers = tax.assign_tiers(page.features, scores.churn_risk, scores.purchase_propensity)
         risk = tax.at_risk(page.features, stage, scores.churn_risk, scores.purchase_propensity)
-        none = Decisions(np.full(n, -1, np.int8), np.full(n, -1, np.int16), np.full(n, NEVER, np.int64), np.zeros(n, bool))
+        none = Decisions(
+            np.full(n, -1, np.int8), np.full(n, -1, np.int16), np.full(n, NEVER, np.int64), np.zeros(n, bool)
+        )
         ledger = ActionLedger(self.playbook.action_names, self.playbook.rule_ids())
         labels = Labels(tax, self.playbook, ledger, tiers, risk, none)
         recs = score_records(fr, scores, labels, self.scorer.model_version, int(self.clock() * 1000))
@@ -266,7 +268,11 @@ class _Writer:
             if r.table == "user_scores":
                 data = r.data
                 for col in _CARRIED:  # the stream's action decisions stay as they are
-                    data = data.set_column(data.schema.get_field_index(col), col, page.carried.column(col).cast(data.schema.field(col).type))
+                    data = data.set_column(
+                        data.schema.get_field_index(col),
+                        col,
+                        page.carried.column(col).cast(data.schema.field(col).type),
+                    )
                 self.store.insert("user_scores", data)
         counts["rescored"] += n
 

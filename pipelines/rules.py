@@ -34,7 +34,7 @@ import yaml
 
 Column = npt.NDArray[Any]
 Ctx = Mapping[str, Column]
-Fn = Callable[[Ctx, int], Column]
+Fn = Callable[[Ctx, int], Any]  # a column, or a scalar that broadcasts
 
 #: Keywords accepted as the always-true condition of a fallback entry.
 ALWAYS = ("otherwise", "true", "True")
@@ -190,6 +190,20 @@ class _Node:
     is_const: bool = False
 
 
+def _const(value: Any) -> Fn:
+    """A node function returning a constant (broadcast by the operations that use it)."""
+
+    def fn(ctx: Ctx, n: int) -> Any:
+        return value
+
+    return fn
+
+
+def error_at(doc: Located, key: Sequence[str | int]) -> Callable[[str], RuleError]:
+    """``where`` for :func:`compile_condition`: errors at ``key`` of ``doc``."""
+    return lambda problem: doc.error(key, problem)
+
+
 def compile_condition(source: Any, vocab: Vocabulary, where: Callable[[str], RuleError]) -> Condition:
     """Compile ``source`` (a string, or a YAML bool) with the names of ``vocab``.
 
@@ -231,7 +245,9 @@ class _Compiler:
             parts = [self._bool(v) for v in node.values]
             fns = [p.fn for p in parts]
             if isinstance(node.op, ast.And):
-                return _Node("bool", lambda ctx, n: np.logical_and.reduce([np.broadcast_to(f(ctx, n), (n,)) for f in fns]))
+                return _Node(
+                    "bool", lambda ctx, n: np.logical_and.reduce([np.broadcast_to(f(ctx, n), (n,)) for f in fns])
+                )
             return _Node("bool", lambda ctx, n: np.logical_or.reduce([np.broadcast_to(f(ctx, n), (n,)) for f in fns]))
         if isinstance(node, ast.UnaryOp):
             inner = self.visit(node.operand)
@@ -240,7 +256,7 @@ class _Compiler:
                 return _Node("bool", lambda ctx, n: np.logical_not(b.fn(ctx, n)))
             if isinstance(node.op, ast.USub) and inner.kind == "num":
                 if inner.is_const:
-                    return _Node("num", lambda ctx, n, v=-inner.const: v, const=-inner.const, is_const=True)
+                    return _Node("num", _const(-inner.const), const=-inner.const, is_const=True)
                 return _Node("num", lambda ctx, n: -inner.fn(ctx, n))
             raise self.fail(f"operator {type(node.op).__name__} is not allowed here")
         if isinstance(node, ast.BinOp):
@@ -250,7 +266,7 @@ class _Compiler:
             a, b = self._num(node.left), self._num(node.right)
             if a.is_const and b.is_const:
                 v = op(a.const, b.const)
-                return _Node("num", lambda ctx, n, v=v: v, const=v, is_const=True)
+                return _Node("num", _const(v), const=v, is_const=True)
             return _Node("num", lambda ctx, n: op(a.fn(ctx, n), b.fn(ctx, n)))
         if isinstance(node, ast.Compare):
             return self._compare(node)
@@ -259,19 +275,19 @@ class _Compiler:
         if isinstance(node, ast.Constant):
             v = node.value
             if isinstance(v, bool):
-                return _Node("bool", lambda ctx, n, v=v: np.bool_(v), const=v, is_const=True)
+                return _Node("bool", _const(np.bool_(v)), const=v, is_const=True)
             if isinstance(v, (int, float)):
-                return _Node("num", lambda ctx, n, v=float(v): v, const=float(v), is_const=True)
+                return _Node("num", _const(float(v)), const=float(v), is_const=True)
             if isinstance(v, str):
-                return _Node("str", lambda ctx, n, v=v: v, const=v, is_const=True)
+                return _Node("str", _const(v), const=v, is_const=True)
             raise self.fail(f"constant {v!r} is not allowed")
         if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
             vals = []
             for elt in node.elts:
                 if not (isinstance(elt, ast.Constant) and isinstance(elt.value, str)):
-                    raise self.fail("a list may hold only quoted names, e.g. [\"vip\", \"regular\"]")
+                    raise self.fail('a list may hold only quoted names, e.g. ["vip", "regular"]')
                 vals.append(elt.value)
-            return _Node("strs", lambda ctx, n, v=tuple(vals): v, const=tuple(vals), is_const=True)
+            return _Node("strs", _const(tuple(vals)), const=tuple(vals), is_const=True)
         if isinstance(node, ast.Call):
             return self._call(node)
         raise self.fail(f"{type(node).__name__} is not allowed in a condition")
@@ -282,10 +298,10 @@ class _Compiler:
         v = self.v
         if name in v.params:
             val = float(v.params[name])
-            return _Node("num", lambda ctx, n, val=val: val, const=val, is_const=True)
+            return _Node("num", _const(val), const=val, is_const=True)
         if name in ("true", "false"):
             b = name == "true"
-            return _Node("bool", lambda ctx, n, b=b: np.bool_(b), const=b, is_const=True)
+            return _Node("bool", _const(np.bool_(b)), const=b, is_const=True)
         if name in v.numbers:
             self.names.add(name)
             return _Node("num", lambda ctx, n: ctx[name])
@@ -339,12 +355,12 @@ class _Compiler:
         a, b = self.visit(left_e), self.visit(right_e)
         if isinstance(op, (ast.In, ast.NotIn)):
             if a.kind != "cat" or b.kind != "strs":
-                raise self.fail("'in' compares a category with a list, e.g. tier in [\"vip\", \"regular\"]")
+                raise self.fail('\'in\' compares a category with a list, e.g. tier in ["vip", "regular"]')
             assert a.category is not None
             codes = np.array(self._codes(a.category, b.const), np.int64)
             neg = isinstance(op, ast.NotIn)
             return _Node("bool", lambda ctx, n: np.isin(a.fn(ctx, n), codes, invert=neg))
-        sym, fn = _CMP[type(op)] if type(op) in _CMP else ("", None)
+        sym, fn = _CMP.get(type(op), ("", None))
         if fn is None:
             raise self.fail(f"comparison {type(op).__name__} is not allowed")
         if a.kind == "cat" or b.kind == "cat":
@@ -352,7 +368,7 @@ class _Compiler:
             if sym not in ("==", "!=") or other.kind != "str":
                 raise self.fail(
                     f"{cat_node.category} is a category: compare it with == / != and a quoted value, "
-                    f"e.g. {cat_node.category} == \"{self.v.categories[str(cat_node.category)].names[0]}\""
+                    f'e.g. {cat_node.category} == "{self.v.categories[str(cat_node.category)].names[0]}"'
                 )
             assert cat_node.category is not None
             code = self._codes(cat_node.category, [other.const])[0]
@@ -377,10 +393,12 @@ class _Compiler:
             name = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
             known = ", ".join(sorted(self.v.functions)) or "none here"
             raise self.fail(f"unknown function {name!r} (functions: {known})")
-        if node.keywords or len(node.args) != 1 or not (
-            isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+        if (
+            node.keywords
+            or len(node.args) != 1
+            or not (isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str))
         ):
-            raise self.fail(f"{node.func.id}() takes one quoted name, e.g. {node.func.id}(\"days_since_active\")")
+            raise self.fail(f'{node.func.id}() takes one quoted name, e.g. {node.func.id}("days_since_active")')
         check, impl = self.v.functions[node.func.id]
         arg = node.args[0].value
         problem = check(arg)
@@ -393,7 +411,9 @@ class _Compiler:
 # ---------------------------------------------------------------------- small validators
 
 
-def need(doc: Located, obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], at: tuple[str | int, ...]) -> Any:
+def need(
+    doc: Located, obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], at: tuple[str | int, ...]
+) -> Any:
     """``obj[key]`` of type ``kind``, or an error naming the file, line and field."""
     if key not in obj:
         raise doc.error(at, f"missing required field {key!r}")

@@ -737,9 +737,7 @@ class Scorer:
         with self._lock:
             return self._run_locked(x, arrived, reasons=reasons)
 
-    def _run_locked(
-        self, x: F32, arrived: float, *, reasons: bool
-    ) -> tuple[F32, pa.ListArray, npt.NDArray[np.int16]]:
+    def _run_locked(self, x: F32, arrived: float, *, reasons: bool) -> tuple[F32, pa.ListArray, npt.NDArray[np.int16]]:
         n = x.shape[0]
         probs: list[F32] = []  # per micro-batch, in row order
         phrases: list[pa.ListArray] = []

@@ -54,7 +54,8 @@ class Settings(BaseSettings):
     )
     taxonomy: str = Field(
         "lifecycle-5",
-        description="stage taxonomy: a shipped name (lifecycle-5 | aida-5 | groups-4) or a YAML file (docs/playbooks.md)",
+        description="stage taxonomy: a shipped name (lifecycle-5 | aida-5 | groups-4) or a YAML file "
+        "(docs/playbooks.md)",
     )
     playbook: str | None = Field(
         None, description="playbook: a shipped name or a YAML file; default: the shipped playbook of the taxonomy"

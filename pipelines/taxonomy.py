@@ -38,6 +38,7 @@ from pipelines.rules import (
     Vocabulary,
     check_type,
     compile_condition,
+    error_at,
     load_yaml,
     need,
     only_keys,
@@ -122,9 +123,7 @@ class Taxonomy:
             undecided &= ~hit
         return out
 
-    def at_risk(
-        self, f: F32, stage: npt.NDArray[np.int8], churn_risk: F32, propensity: F32
-    ) -> npt.NDArray[np.bool_]:
+    def at_risk(self, f: F32, stage: npt.NDArray[np.int8], churn_risk: F32, propensity: F32) -> npt.NDArray[np.bool_]:
         ctx = FeatureContext(f, {"churn_risk": churn_risk, "purchase_propensity": propensity, "stage": stage})
         return self.at_risk_rule.evaluate(ctx, f.shape[0]).copy()
 
@@ -198,10 +197,7 @@ def parse_taxonomy(doc: Located) -> Taxonomy:
         whens.append(st["when"])
 
     stage_vocab = feature_vocab(params, unavailable={**dict.fromkeys(SCORES, _STAGE_WHY), "stage": _STAGE_WHY})
-    rules = tuple(
-        compile_condition(w, stage_vocab, lambda p, i=i: doc.error(("stages", i, "when"), p))
-        for i, w in enumerate(whens)
-    )
+    rules = tuple(compile_condition(w, stage_vocab, error_at(doc, ("stages", i, "when"))) for i, w in enumerate(whens))
 
     prec_raw = top.get("precedence", names)
     check_type(doc, prec_raw, list, ("precedence",))
@@ -244,18 +240,18 @@ def parse_taxonomy(doc: Located) -> Taxonomy:
         tiers.append(nm)
         if "when" not in t:
             raise doc.error(at, "missing required field 'when'")
-        tier_rules.append(compile_condition(t["when"], score_vocab, lambda p, at=at: doc.error((*at, "when"), p)))
+        tier_rules.append(compile_condition(t["when"], score_vocab, error_at(doc, (*at, "when"))))
     if not tier_rules[-1].always:
-        raise doc.error(("tiers", len(tiers) - 1, "when"), "the last tier is the fallback: its rule must be 'otherwise'")
+        raise doc.error(
+            ("tiers", len(tiers) - 1, "when"), "the last tier is the fallback: its rule must be 'otherwise'"
+        )
 
     risk_vocab = Vocabulary(
         numbers=frozenset(FEATURE_NAMES) | frozenset(SCORES),
         categories={"stage": Category(tuple(names))},
         params=params,
     )
-    at_risk = compile_condition(
-        need(doc, top, "at_risk", (str, bool), ()), risk_vocab, lambda p: doc.error(("at_risk",), p)
-    )
+    at_risk = compile_condition(need(doc, top, "at_risk", (str, bool), ()), risk_vocab, error_at(doc, ("at_risk",)))
 
     silence: set[tuple[float, bool]] = set()
     for code, rule in enumerate(rules):

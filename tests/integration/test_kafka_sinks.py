@@ -175,7 +175,9 @@ def test_transitions_topic_has_one_json_message_per_transition_keyed_by_user(kaf
             row["taxonomy"],
             row["action"],
             row["action_rule"],
-            None if row["action_at"] is None else row["action_at"].astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            None
+            if row["action_at"] is None
+            else row["action_at"].astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         )
 
     def got(v: dict) -> tuple:

@@ -23,7 +23,13 @@ _seq = iter(range(1, 1_000_000))
 
 
 def ev(user: str, at_ms: int, kind: str, amount: float | None = None) -> bytes:
-    e: dict[str, object] = {"event_id": f"e{next(_seq)}", "user_id": user, "ts": at_ms, "type": kind, "channel": "wecom"}
+    e: dict[str, object] = {
+        "event_id": f"e{next(_seq)}",
+        "user_id": user,
+        "ts": at_ms,
+        "type": kind,
+        "channel": "wecom",
+    }
     if amount is not None:
         e["amount"] = amount
     return json.dumps(e).encode()
@@ -52,10 +58,21 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("playbooks")
     text = (PLAYBOOK_DIR / "lifecycle-5.yaml").read_text()
     playbook = tmp / "playbook.yaml"
-    playbook.write_text(text.replace("welcome_coupon:   {cooldown_days: 30, daily_cap: 5000,", "welcome_coupon:   {cooldown_days: 30, daily_cap: 1,"))
+    playbook.write_text(
+        text.replace(
+            "welcome_coupon:   {cooldown_days: 30, daily_cap: 5000,",
+            "welcome_coupon:   {cooldown_days: 30, daily_cap: 1,",
+        )
+    )
     day2 = T0 + 2 * D
-    first = [ev("flap", T0, "register"), ev("clock", T0 + H, "page_view"), ev("flap", T0 + D, "unsubscribe"),
-             ev("clock", T0 + D + H, "page_view"), ev("c1", day2, "register"), ev("clock", day2 + 60_000, "page_view")]  # fmt: skip
+    first = [
+        ev("flap", T0, "register"),
+        ev("clock", T0 + H, "page_view"),
+        ev("flap", T0 + D, "unsubscribe"),
+        ev("clock", T0 + D + H, "page_view"),
+        ev("c1", day2, "register"),
+        ev("clock", day2 + 60_000, "page_view"),
+    ]
     second = [ev("c2", day2 + 120_000, "register"), ev("clock", day2 + 180_000, "page_view"),
               ev("flap", T0 + 3 * D, "follow"), ev("clock", T0 + 3 * D + H, "page_view")]  # fmt: skip
     (tmp / "first.jsonl").write_bytes(b"\n".join(first) + b"\n")
@@ -95,14 +112,22 @@ def test_flapping_user_is_not_welcomed_twice_inside_the_cooldown_across_a_restar
     assert len(grants) == 1
     trans = _q(
         written,
-        "SELECT from_stage, to_stage, action, action_at FROM stage_transitions FINAL WHERE user_id = 'flap' ORDER BY at",
+        "SELECT from_stage, to_stage, action, action_at FROM stage_transitions FINAL "
+        "WHERE user_id = 'flap' ORDER BY at",
     )
-    assert [(t["from_stage"], t["to_stage"]) for t in trans] == [("none", "new"), ("new", "churned"), ("churned", "new")]
+    assert [(t["from_stage"], t["to_stage"]) for t in trans] == [
+        ("none", "new"),
+        ("new", "churned"),
+        ("churned", "new"),
+    ]
     assert {t["action"] for t in trans} == {"welcome_coupon"}
 
 
 def test_daily_cap_holds_across_a_restart(written: Path) -> None:
-    got = {r["user_id"]: r["action"] for r in _q(written, "SELECT user_id, action FROM user_scores FINAL WHERE user_id IN ('c1', 'c2')")}
+    got = {
+        r["user_id"]: r["action"]
+        for r in _q(written, "SELECT user_id, action FROM user_scores FINAL WHERE user_id IN ('c1', 'c2')")
+    }
     assert got == {"c1": "welcome_coupon", "c2": "none"}
 
 
@@ -119,3 +144,34 @@ def test_action_queue_lists_fresh_unexported_actions_once(written: Path) -> None
         assert again.column("user_id").to_pylist() == ["flap"]
     finally:
         store.close()
+
+
+def test_users_who_refused_marketing_are_scored_but_get_service_actions_only(tmp_path: Path) -> None:
+    store = tmp_path / "store.chdb"
+    events = tmp_path / "events.jsonl"
+    # two new users; "quiet" refused marketing before the run (recorded through the CLI)
+    events.write_bytes(
+        b"\n".join([ev("quiet", T0, "register"), ev("loud", T0, "register"), ev("clock", T0 + H, "page_view")]) + b"\n"
+    )
+    cli = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "consent",
+        "--user",
+        "quiet",
+        "--no-marketing",
+        "--store",
+        f"chdb://{store}",
+    ]
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "recorded no-marketing for 1 user(s)" in out.stdout, out.stderr
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--input", str(events), "--store", f"chdb://{store}",
+           "--metrics-port", "0", "--shards", "2"]  # fmt: skip
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    got = {
+        r["user_id"]: (r["stage"], r["action"])
+        for r in _q(store, "SELECT user_id, stage, action FROM user_scores FINAL")
+    }
+    assert got["quiet"] == ("new", "none")  # scored (not opted out), but no welcome coupon
+    assert got["loud"] == ("new", "welcome_coupon")

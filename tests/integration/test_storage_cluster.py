@@ -114,6 +114,12 @@ def test_cluster_schema_serves_pipeline_queries_and_erasure_through_distributed_
         assert ask("win_back_candidates") == {"vip_dormant", "regular_churned", "unsub_regular"}
         assert ask("at_risk_vips") == {"vip_active"}
         assert ask("stage_audience", stage="dormant") == {"vip_dormant", "potential_dormant"}
+        acted = {
+            r["user_id"]
+            for r in store.query("SELECT user_id FROM user_scores FINAL WHERE action != 'none'").to_pylist()
+        }
+        queue = ask("action_queue", action="", max_age_hours=24 * 365, limit=1000)
+        assert "vip_active" in queue and queue == acted - set(OPTED_OUT)  # vip_care for an at-risk VIP
 
         counts = forget_user(store, "vip_dormant", reason="test", table_suffix="_local")
         assert counts["user_scores"] and counts["stage_transitions"] and counts["rejected_events"]

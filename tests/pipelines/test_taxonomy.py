@@ -58,7 +58,9 @@ def _days(*evs: tuple[float, str] | tuple[float, str, float]) -> list[tuple]:
         ("groups-4", _days((0, "order", 30.0)), 31, "churned"),
     ],
 )
-def test_shipped_taxonomy_labels_hand_made_users(taxonomy: str, history: list[tuple], now_days: float, stage: str) -> None:
+def test_shipped_taxonomy_labels_hand_made_users(
+    taxonomy: str, history: list[tuple], now_days: float, stage: str
+) -> None:
     assert _stage_of(taxonomy, history, now_days) == stage
 
 
@@ -87,8 +89,10 @@ def test_silent_user_changes_stage_on_the_taxonomy_timer_without_events(name: st
 
 
 def test_strict_silence_threshold_fires_just_after_it(tmp_path: Path) -> None:
-    text = (TAXONOMY_DIR / "groups-4.yaml").read_text().replace(
-        "days_since_active >= churned_after_days", "days_since_active > churned_after_days"
+    text = (
+        (TAXONOMY_DIR / "groups-4.yaml")
+        .read_text()
+        .replace("days_since_active >= churned_after_days", "days_since_active > churned_after_days")
     )
     path = tmp_path / "strict.yaml"
     path.write_text(text)
@@ -153,15 +157,31 @@ def _changed_line(before: str, after: str) -> int:
             "at_risk",
             "stage has no value 'matured'",
         ),
-        ("  - name: growing\n    label: 成长\n    when: otherwise", "  - name: growing\n    label: 成长\n    when: lifetime_orders >= 1",
-         "stages[1].when", "checked last, so its rule must be 'otherwise'"),
-        ("    when: order_value_90d >= vip_value_90d", "    whne: order_value_90d >= vip_value_90d", "tiers[0].whne",
-         "unknown field 'whne' (did you mean 'when'?)"),
+        (
+            "  - name: growing\n    label: 成长\n    when: otherwise",
+            "  - name: growing\n    label: 成长\n    when: lifetime_orders >= 1",
+            "stages[1].when",
+            "checked last, so its rule must be 'otherwise'",
+        ),
+        (
+            "    when: order_value_90d >= vip_value_90d",
+            "    whne: order_value_90d >= vip_value_90d",
+            "tiers[0].whne",
+            "unknown field 'whne' (did you mean 'when'?)",
+        ),
         ("version: 1", "version: one", "version", "expected int, got str 'one'"),
-        ("precedence: [churned, dormant, new, mature, growing]", "precedence: [churned, dormant, new, growing]",
-         "precedence", "must list every stage once; missing: mature"),
-        ("when: lifetime_orders >= mature_min_orders and", "when: lifetime_orders >= mature_min_orders and and", "stages[2].when",
-         "cannot parse"),
+        (
+            "precedence: [churned, dormant, new, mature, growing]",
+            "precedence: [churned, dormant, new, growing]",
+            "precedence",
+            "must list every stage once; missing: mature",
+        ),
+        (
+            "when: lifetime_orders >= mature_min_orders and",
+            "when: lifetime_orders >= mature_min_orders and and",
+            "stages[2].when",
+            "cannot parse",
+        ),
         ("  new_days: 14 ", "  new_days: fourteen ", "params.new_days", "expected int or float"),
     ],
 )
@@ -197,13 +217,26 @@ PLAYBOOK = (TAXONOMY_DIR.parent / "playbooks" / "lifecycle-5.yaml").read_text(en
 @pytest.mark.parametrize(
     ("old", "new", "field", "message"),
     [
-        ("    action: welcome_coupon", "    action: welcome_cupon", "rules[3].action", "unknown action 'welcome_cupon'"),
+        (
+            "    action: welcome_coupon",
+            "    action: welcome_cupon",
+            "rules[3].action",
+            "unknown action 'welcome_cupon'",
+        ),
         ("taxonomy: lifecycle-5", "taxonomy: aida-5", "taxonomy", "written for taxonomy 'aida-5'"),
-        ('when: stage == "new" and marketing_consent', 'when: stage == "neww" and marketing_consent', "rules[3].when",
-         "stage has no value 'neww'; it is one of new, growing, mature, dormant, churned"),
+        (
+            'when: stage == "new" and marketing_consent',
+            'when: stage == "neww" and marketing_consent',
+            "rules[3].when",
+            "stage has no value 'neww'; it is one of new, growing, mature, dormant, churned",
+        ),
         ('reason("days_since_active")', 'reason("days_since_activity")', "rules[4].when", "not a feature name"),
-        ("welcome_coupon:   {cooldown_days: 30,", "welcome_coupon:   {cooldown_days: -3,", "actions.welcome_coupon.cooldown_days",
-         "must be >= 0"),
+        (
+            "welcome_coupon:   {cooldown_days: 30,",
+            "welcome_coupon:   {cooldown_days: -3,",
+            "actions.welcome_coupon.cooldown_days",
+            "must be >= 0",
+        ),
         ("  - id: nurture-growing", "  - id: welcome-new", "rules[6].id", "rule id 'welcome-new' is used twice"),
     ],
 )
