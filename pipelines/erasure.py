@@ -208,7 +208,7 @@ def erase_from_recovery(recovery_dir: Path, user_ids: Iterable[str]) -> int:
                 led = snap.get("ledger")
                 if led is not None:  # the users' action history (playbooks) goes too
                     hit = state_rows[(state_rows >= 0) & (state_rows < led["given"].shape[0])]
-                    led["given"][hit] = np.iinfo(np.int64).min // 4
+                    led["given"][hit] = 0
                     led["current"][hit] = -1
                     led["rule"][hit] = -1
                     led["at"][hit] = np.iinfo(np.int64).min // 4

@@ -243,9 +243,11 @@ def parse_playbook(doc: Located, taxonomy: Taxonomy) -> Playbook:
 class ActionLedger:
     """Per-user action history of one shard (rows = the shard state's rows) and the day's cap counters.
 
-    ``given[row, a]``: event-time ms of the user's last grant of action ``a``
-    (NEVER if none); ``current``/``rule``/``at``: the user's current action,
-    the rule that chose it and when. Arrays grow with the state; erased users
+    ``given[row, a]``: event time of the user's last grant of action ``a`` in
+    whole seconds (uint32, 0 = never: 4 bytes per user and action, as the
+    state's bytes per user are a capacity figure; valid until 2106);
+    ``current``/``rule``/``at``: the user's current action, the rule that
+    chose it and when (ms). Arrays grow with the state; erased users
     are cleared (:meth:`clear`).
     """
 
@@ -254,7 +256,7 @@ class ActionLedger:
         self.rules = rules
         self.n = 0
         k = len(actions)
-        self.given = np.full((0, k), NEVER, np.int64)
+        self.given = np.zeros((0, k), np.uint32)
         self.current = np.zeros(0, np.int8)  # -1 = none
         self.rule = np.zeros(0, np.int16)  # -1 = none
         self.at = np.zeros(0, np.int64)  # NEVER = never
@@ -267,7 +269,7 @@ class ActionLedger:
             return
         cap = max(rows, 2 * self.given.shape[0], 1024)
         k = len(self.actions)
-        given = np.full((cap, k), NEVER, np.int64)
+        given = np.zeros((cap, k), np.uint32)
         given[: self.given.shape[0]] = self.given
         current = np.full(cap, -1, np.int8)
         current[: self.current.shape[0]] = self.current
@@ -279,7 +281,7 @@ class ActionLedger:
 
     def clear(self, rows: npt.NDArray[np.int64]) -> None:
         rows = rows[(rows >= 0) & (rows < self.given.shape[0])]
-        self.given[rows] = NEVER
+        self.given[rows] = 0
         self.current[rows] = -1
         self.rule[rows] = -1
         self.at[rows] = NEVER
@@ -374,8 +376,8 @@ def decide(
             chosen[cand] = -1
             continue
         spec = pb.actions[rule.action]
-        g = ledger.given[rows, rule.action]
-        cand &= (g == NEVER) | (now_ms - g >= spec.cooldown_ms)
+        g = ledger.given[rows, rule.action].astype(np.int64) * 1000
+        cand &= (g == 0) | (now_ms - g >= spec.cooldown_ms)
         idx = np.flatnonzero(cand)
         share = pb.cap_share(rule.action, shard, shards)
         if share is not None:
@@ -387,7 +389,7 @@ def decide(
         gr = rows[granted]
         pos_arr = chosen[granted]
         acts = np.array([r.action for r in pb.rules], np.int64)[pos_arr]
-        ledger.given[gr, acts] = now_ms
+        ledger.given[gr, acts] = np.uint32(now_ms // 1000)
         ledger.current[gr] = acts.astype(np.int8)
         ledger.rule[gr] = np.array([ledger.rules.index(r.id) for r in pb.rules], np.int16)[pos_arr]
         ledger.at[gr] = now_ms
