@@ -211,7 +211,6 @@ def erase_from_recovery(recovery_dir: Path, user_ids: Iterable[str]) -> int:
                     led["given"][hit] = 0
                     led["current"][hit] = -1
                     led["rule"][hit] = -1
-                    led["at"][hit] = np.iinfo(np.int64).min // 4
                 db.execute(
                     "UPDATE snaps SET ser_change = ? WHERE step_id = ? AND state_key = ? AND snap_epoch = ?",
                     (pickle.dumps(snap, protocol=pickle.HIGHEST_PROTOCOL), step_id, key, epoch),

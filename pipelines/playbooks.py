@@ -246,9 +246,9 @@ class ActionLedger:
     ``given[row, a]``: event time of the user's last grant of action ``a`` in
     whole seconds (uint32, 0 = never: 4 bytes per user and action, as the
     state's bytes per user are a capacity figure; valid until 2106);
-    ``current``/``rule``/``at``: the user's current action, the rule that
-    chose it and when (ms). Arrays grow with the state; erased users
-    are cleared (:meth:`clear`).
+    ``current``/``rule``: the user's current action and the rule that chose
+    it (its grant time is ``given`` of the current action). Arrays grow with
+    the state; erased users are cleared (:meth:`clear`).
     """
 
     def __init__(self, actions: tuple[str, ...], rules: tuple[str, ...]) -> None:
@@ -259,7 +259,6 @@ class ActionLedger:
         self.given = np.zeros((0, k), np.uint32)
         self.current = np.zeros(0, np.int8)  # -1 = none
         self.rule = np.zeros(0, np.int16)  # -1 = none
-        self.at = np.zeros(0, np.int64)  # NEVER = never
         self.day = NEVER  # operating day of the counters
         self.used = np.zeros(k, np.int64)  # grants per action on ``day`` in this shard
 
@@ -267,7 +266,9 @@ class ActionLedger:
         """Room for ``rows`` rows (new rows start with no history)."""
         if rows <= self.given.shape[0]:
             return
-        cap = max(rows, 2 * self.given.shape[0], 1024)
+        have = self.given.shape[0]
+        # as the state's arrays: doubling while small, +25% past a million rows (bounded slack)
+        cap = max(rows, have + (have if have < (1 << 20) else have // 4), 1024)
         k = len(self.actions)
         given = np.zeros((cap, k), np.uint32)
         given[: self.given.shape[0]] = self.given
@@ -275,19 +276,22 @@ class ActionLedger:
         current[: self.current.shape[0]] = self.current
         rule = np.full(cap, -1, np.int16)
         rule[: self.rule.shape[0]] = self.rule
-        at = np.full(cap, NEVER, np.int64)
-        at[: self.at.shape[0]] = self.at
-        self.given, self.current, self.rule, self.at = given, current, rule, at
+        self.given, self.current, self.rule = given, current, rule
 
     def clear(self, rows: npt.NDArray[np.int64]) -> None:
         rows = rows[(rows >= 0) & (rows < self.given.shape[0])]
         self.given[rows] = 0
         self.current[rows] = -1
         self.rule[rows] = -1
-        self.at[rows] = NEVER
 
     def nbytes(self) -> int:
-        return int(self.given.nbytes + self.current.nbytes + self.rule.nbytes + self.at.nbytes)
+        return int(self.given.nbytes + self.current.nbytes + self.rule.nbytes)
+
+    def at_ms(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """When each row's current action was granted (ms, whole seconds; NEVER if none)."""
+        cur = self.current[rows].astype(np.int64)
+        sec = self.given[rows, np.maximum(cur, 0)].astype(np.int64) if rows.shape[0] else np.zeros(0, np.int64)
+        return np.where(cur >= 0, sec * 1000, NEVER)
 
     def snapshot(self, n: int) -> dict[str, Any]:
         self.ensure(n)
@@ -297,7 +301,6 @@ class ActionLedger:
             "given": self.given[:n].copy(),
             "current": self.current[:n].copy(),
             "rule": self.rule[:n].copy(),
-            "at": self.at[:n].copy(),
             "day": self.day,
             "used": self.used.copy(),
         }
@@ -327,7 +330,6 @@ class ActionLedger:
         r_map = np.array([rules.index(r) if r in rules else -1 for r in old_rules] or [-1], np.int64)
         rl = snap["rule"].astype(np.int64)
         led.rule[:n] = np.where((rl >= 0) & (mapped >= 0), r_map[np.maximum(rl, 0)], -1)
-        led.at[:n] = np.where(mapped >= 0, snap["at"], NEVER)
         led.day = int(snap["day"])
         return led
 
@@ -362,7 +364,7 @@ def decide(
     if day != ledger.day:
         ledger.day = day
         ledger.used[:] = 0
-    last = ledger.at[rows]
+    last = ledger.at_ms(rows)
     open_ = (last == NEVER) | (now_ms - last >= pb.quiet_ms)
     chosen = np.full(n, -2, np.int64)  # rule position; -2 = undecided
     for pos, rule in enumerate(pb.rules):
@@ -392,8 +394,7 @@ def decide(
         ledger.given[gr, acts] = np.uint32(now_ms // 1000)
         ledger.current[gr] = acts.astype(np.int8)
         ledger.rule[gr] = np.array([ledger.rules.index(r.id) for r in pb.rules], np.int16)[pos_arr]
-        ledger.at[gr] = now_ms
-    return Decisions(ledger.current[rows].copy(), ledger.rule[rows].copy(), ledger.at[rows].copy(), granted)
+    return Decisions(ledger.current[rows].copy(), ledger.rule[rows].copy(), ledger.at_ms(rows), granted)
 
 
 def playbook_context(

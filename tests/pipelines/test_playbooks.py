@@ -194,7 +194,7 @@ def test_cooldowns_and_caps_survive_a_restart_through_the_shard_snapshot(tmp_pat
     assert got["a"] == ("welcome", "welcome-new")  # new again, but still the T0 grant (no new welcome)...
     ledger = logic.proc.ledger
     row = int(logic.proc.state.lookup(columns([("a", 0, "page_view")]).user_key)[0])
-    assert ledger.given[row, 0] == T0 // 1000 and ledger.at[row] == T0  # ...granted once, at T0
+    assert ledger.given[row, 0] == T0 // 1000 and ledger.at_ms(np.array([row]))[0] == T0  # ...granted once, at T0
     # after the cooldown it is granted again
     got = actions(logic, [("a", T0 + 31 * D, "unfollow"), ("a", T0 + 31 * D + H, "follow")])
     assert got["a"] == ("welcome", "welcome-new") and ledger.given[row, 0] == (T0 + 31 * D + H) // 1000
