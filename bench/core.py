@@ -33,8 +33,10 @@ from pipelines.app import open_migrated_store, run_pipeline
 from pipelines.events import TYPE_CODE, EventColumns, RawBatch, hash_strings
 from pipelines.io.sources import IteratorSource
 from pipelines.io.store import ChdbStore
+from pipelines.playbooks import ActionLedger
 from pipelines.settings import Settings
 from pipelines.simulate import SimConfig, iter_ndjson_batches, simulate, to_ndjson_bytes
+from pipelines.stages import default_playbook
 from pipelines.state import ShardState
 
 
@@ -159,7 +161,9 @@ def bench_state_bytes(n_users: int) -> None:
                 amount=np.zeros(n),
             )
         )
-    arrays_per_row = st.nbytes() / st.n  # allocated arrays per live user: growth slack included
+    ledger = ActionLedger(default_playbook().action_names, default_playbook().rule_ids())
+    ledger.ensure(st.n)  # the default playbook's per-user action history (6 actions)
+    arrays_per_row = (st.nbytes() + ledger.nbytes()) / st.n  # allocated arrays per live user: slack included
     index = st._index.sizeof() / st.n
     ids = sum(sys.getsizeof(x) for x in st.user_id[: st.n]) / st.n
     emit(
@@ -168,9 +172,11 @@ def bench_state_bytes(n_users: int) -> None:
         "bytes",
         users=st.n,
         arrays=round(arrays_per_row, 1),
+        action_ledger=round(ledger.nbytes() / st.n, 1),
         index=round(index, 1),
         id_strings=round(ids, 1),
-        note="numpy arrays per live user (growth slack included) + hash index + Python id strings",
+        note="numpy arrays per live user (growth slack included; shard state + playbook ledger) + hash index + "
+        "Python id strings",
     )
 
 

@@ -32,6 +32,8 @@ from tests.support.chdb_http import ChdbHttpServer
 _TS = pa.timestamp("ms", tz="UTC")
 _STAGES = np.array(["new", "growing", "mature", "dormant", "churned"], dtype=object)
 _TIERS = np.array(["vip", "regular", "potential"], dtype=object)
+_ACTIONS = np.array(["none", "welcome_coupon", "nurture_content", "reactivation_1v1"], dtype=object)
+_RULES = np.array(["", "welcome-new", "nurture-growing", "reactivate-dormant"], dtype=object)
 _REASONS = [[], ["no activity for 21 days"], ["no activity for 21 days", "coupon use fell (10% redeemed)"]]
 
 
@@ -43,6 +45,7 @@ def score_block(start: int, n: int, version: int, rng: np.random.Generator) -> p
     """``n`` user_scores rows for users ``start .. start+n``, as records.score_records builds them."""
     ids = np.char.add("user-", np.arange(start, start + n).astype(str)).astype(object)
     ms = np.full(n, version, np.int64)
+    acted = rng.integers(0, 4, n)  # 0: no action yet
     return pa.table(
         {
             "user_id": pa.array(ids, pa.string()),
@@ -56,6 +59,13 @@ def score_block(start: int, n: int, version: int, rng: np.random.Generator) -> p
             "last_event_at": pa.array(ms - rng.integers(0, 86_400_000, n), _TS),
             "scored_at": pa.array(ms, _TS),
             "version": pa.array(ms.astype(np.uint64), pa.uint64()),
+            "taxonomy": pa.array(np.full(n, "lifecycle-5", object), pa.string()),
+            "taxonomy_version": pa.array(np.ones(n, np.uint32), pa.uint32()),
+            "playbook": pa.array(np.full(n, "lifecycle-5-default", object), pa.string()),
+            "playbook_version": pa.array(np.ones(n, np.uint32), pa.uint32()),
+            "action": pa.array(_ACTIONS[acted], pa.string()),
+            "action_rule": pa.array(_RULES[acted], pa.string()),
+            "action_at": pa.array(ms - rng.integers(0, 7 * 86_400_000, n), _TS, mask=acted == 0),
         }
     )
 

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,8 @@ class RunResult:
     rejected: dict[str, int]
     rows_written: dict[str, int]
     expected_events: int | None
+    #: new actions granted by the playbook during the run, by action
+    actions_granted: dict[str, int] = field(default_factory=dict)
 
 
 def flow_config(s: Settings) -> FlowConfig:
@@ -57,6 +59,7 @@ def flow_config(s: Settings) -> FlowConfig:
         shard=s.shard_config(),
         idle_advance_seconds=s.idle_advance_seconds,
         exchange=s.addresses is not None and len(s.addresses.split(",")) > 1,
+        store_retry=s.store_retry(),
     )
 
 
@@ -199,6 +202,7 @@ def run_pipeline(
         rejected=_by_label(registry, "lifecycle_events_rejected_total", "reason"),
         rows_written=_by_label(registry, "lifecycle_rows_written_total", "table"),
         expected_events=expected,
+        actions_granted=_by_label(registry, "lifecycle_actions_total", "action"),
     )
 
 

@@ -12,7 +12,7 @@ own notion of an event or a feature:
 * Replays apply events through :class:`~pipelines.state.ShardState` and read
   features with :func:`~pipelines.features.compute_features`, in event-time
   order; scores and reasons come from :class:`~pipelines.scoring.Scorer`, stages
-  and tiers from :mod:`pipelines.stages`: the same code as the streaming flow.
+  and tiers from the configured taxonomy (:mod:`pipelines.taxonomy`): the same code as the streaming flow.
 
 Offline semantics, compared with a stream: every valid event is applied in
 event-time order (a replay has no late events), and a repeated ``event_id`` is
@@ -39,8 +39,9 @@ from pipelines.events import DecodeLimits, EventColumns, RawBatch, decode_batch
 from pipelines.features import compute_features
 from pipelines.io.sources import read_batches
 from pipelines.scoring import Scorer
-from pipelines.stages import STAGES, TIERS, StageRules, assign_stages, assign_tiers, at_risk
+from pipelines.stages import default_taxonomy
 from pipelines.state import DAY_MS, NEVER, ShardState
+from pipelines.taxonomy import Taxonomy
 
 _CHUNK = 250_000
 _ROWS_PER_BATCH = 100_000
@@ -247,36 +248,38 @@ def state_as_of(ev: EventColumns, cutoff_ms: int) -> ShardState:
 # --------------------------------------------------------------------------- scoring
 
 
-def score_as_of(events: EventColumns, *, cutoff_ms: int, scorer: Scorer, rules: StageRules | None = None) -> pa.Table:
+def score_as_of(events: EventColumns, *, cutoff_ms: int, scorer: Scorer, taxonomy: Taxonomy | None = None) -> pa.Table:
     """One row per user seen at or before ``cutoff_ms``, scored as of that instant.
 
     Events after ``cutoff_ms`` are dropped first, so they cannot change anything.
     Columns: user_id, stage, tier, churn_risk, purchase_propensity, reasons
     (list of phrases, strongest first), at_risk, model_version, last_event_at, as_of.
     """
-    rules = rules or StageRules()
+    tax = taxonomy or default_taxonomy()
     ev = sort_by_time(events.take(events.ts_ms <= cutoff_ms))
     st = state_as_of(ev, cutoff_ms)
     rows = np.arange(st.n, dtype=np.int64)
     feats = compute_features(st, rows, cutoff_ms)
     scores = scorer.score(feats)
-    stage = assign_stages(feats, rules)
-    tier = assign_tiers(feats, rules)
+    stage = tax.assign_stages(feats)
+    tier = tax.assign_tiers(feats, scores.churn_risk, scores.purchase_propensity)
     n = st.n
     last_ev = st.ts["ref_ts"][:n]  # newest event of any type, as the streaming rows report it
     ts_type = pa.timestamp("ms", tz="UTC")
     return pa.table(
         {
             "user_id": pa.array(st.user_id[:n], pa.string()),
-            "stage": pa.array(np.array(STAGES, dtype=object)[stage], pa.string()),
-            "tier": pa.array(np.array(TIERS, dtype=object)[tier], pa.string()),
+            "stage": pa.array(np.array(tax.stages, dtype=object)[stage], pa.string()),
+            "tier": pa.array(np.array(tax.tiers, dtype=object)[tier], pa.string()),
             "churn_risk": pa.array(scores.churn_risk, pa.float32()),
             "purchase_propensity": pa.array(scores.purchase_propensity, pa.float32()),
             "reasons": scores.reasons,
-            "at_risk": pa.array(at_risk(stage, scores.churn_risk, rules), pa.bool_()),
+            "at_risk": pa.array(tax.at_risk(feats, stage, scores.churn_risk, scores.purchase_propensity), pa.bool_()),
             "model_version": pa.array(np.full(n, scorer.model_version, dtype=object), pa.string()),
             "last_event_at": pa.array(last_ev, ts_type, mask=last_ev == NEVER),
             "as_of": pa.array(np.full(n, cutoff_ms, np.int64), ts_type),
+            "taxonomy": pa.array(np.full(n, tax.name, dtype=object), pa.string()),
+            "taxonomy_version": pa.array(np.full(n, tax.version, np.uint32), pa.uint32()),
         }
     ).sort_by("user_id")
 

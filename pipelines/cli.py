@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from pipelines.rules import RuleError
 from pipelines.settings import Settings
 
 log = logging.getLogger("lifecycle")
@@ -33,8 +34,8 @@ _RUN_FLAGS: dict[str, str] = {
     "--recovery-dir": "recovery_dir",
     "--epoch-seconds": "epoch_seconds",
     "--allowed-lateness-seconds": "allowed_lateness_seconds",
-    "--dormant-after-days": "dormant_after_days",
-    "--churned-after-days": "churned_after_days",
+    "--taxonomy": "taxonomy",
+    "--playbook": "playbook",
     "--idle-advance-seconds": "idle_advance_seconds",
     "--processes": "processes",
     "--process-id": "process_id",
@@ -115,12 +116,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.report import print_summary
 
     s = _settings({name: getattr(args, name) for name in _RUN_FLAGS.values()})
+    try:  # taxonomy and playbook files are validated before anything starts
+        cfg = s.shard_config()
+    except RuleError as err:
+        print(f"lifecycle run: {err}", file=sys.stderr)
+        return 2
     console = Console(stderr=False)
     if s.processes > 1 and s.addresses is None:
         return _run_local_cluster(args, s, console)
     console.print(
         f"lifecycle run: input={s.input} store={s.store} model={s.model_dir.name} device={s.device} "
-        f"shards={s.shards} metrics=http://{s.metrics_host}:{s.metrics_port}/metrics"
+        f"shards={s.shards} taxonomy={cfg.taxonomy.name}@{cfg.taxonomy.version} "
+        f"playbook={cfg.playbook.name}@{cfg.playbook.version} metrics=http://{s.metrics_host}:{s.metrics_port}/metrics"
     )
     if s.input.startswith("kafka://"):
         # A Kafka run never ends by itself: SIGTERM drains it (README "Stopping"). File and

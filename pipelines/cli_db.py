@@ -60,6 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     choice = consent.add_mutually_exclusive_group(required=True)
     choice.add_argument("--opt-out", dest="opted_out", action="store_const", const=True, help="the user opts out")
     choice.add_argument("--opt-in", dest="opted_out", action="store_const", const=False, help="the user opts back in")
+    choice.add_argument(
+        "--no-marketing",
+        dest="opted_out",
+        action="store_const",
+        const="no-marketing",
+        help="scored, but no marketing actions (playbooks see marketing_consent = false)",
+    )
     consent.add_argument("--source", default="cli", help="where the decision came from (default: cli)")
     consent.add_argument("--store", default=None, help=store_help)
     consent.set_defaults(func=cmd_consent)
@@ -85,6 +92,10 @@ def _run(args: argparse.Namespace, action: str) -> int:
         print(f"lifecycle {action}: {err}", file=sys.stderr)
         return 1
     try:
+        if action != "db migrate":
+            # consent may be recorded before the pipeline first ran, and both commands write columns
+            # of the newest schema: bring the store up to date first (idempotent)
+            store.migrate(sql_dir)
         if action == "db migrate":
             from pipelines.migrations import apply_migrations, discover
 
@@ -108,8 +119,13 @@ def _run(args: argparse.Namespace, action: str) -> int:
         else:
             from pipelines.erasure import set_consent
 
-            n = set_consent(store, args.user, args.opted_out, args.source)
-            print(f"recorded {'opt-out' if args.opted_out else 'opt-in'} for {n} user(s)")
+            if args.opted_out == "no-marketing":
+                n = set_consent(store, args.user, False, args.source, marketing=False)
+                what = "no-marketing"
+            else:
+                n = set_consent(store, args.user, bool(args.opted_out), args.source)
+                what = "opt-out" if args.opted_out else "opt-in"
+            print(f"recorded {what} for {n} user(s)")
     except ValueError as err:
         print(f"lifecycle {action}: {err}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from models.baselines import BGNBDParams
     from pipelines.batch import EventHistory
     from pipelines.scoring import Scorer
-    from pipelines.stages import StageRules
+    from pipelines.taxonomy import Taxonomy
 
 log = logging.getLogger("lifecycle")
 Handler = Callable[[argparse.Namespace], int]
@@ -139,7 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pipelines.drift import META_KEY as DRIFT_META_KEY
     from pipelines.drift import reference_from_events
     from pipelines.features import FEATURE_NAMES, LOG_MASK, schema_hash
-    from pipelines.stages import MATURE, STAGES, StageRules, assign_stages
+    from pipelines.stages import MATURE, STAGES, default_taxonomy
     from pipelines.state import DAY_MS
     from pipelines.training import build_training_set
 
@@ -156,14 +156,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cfg = FitConfig(epochs=args.epochs, seed=args.seed)
     # reasons compare a user with the mean *active* user (stage new/growing/mature at the origin)
-    active = assign_stages(ts.x, StageRules()) <= MATURE
+    active = default_taxonomy().assign_stages(ts.x) <= MATURE
     weight = None
     if args.recency_half_life > 0:
         weight = (0.5 ** ((ts.origin.max() - ts.origin) / args.recency_half_life)).astype(np.float32)
     model, report = fit(ts.x, ts.y, LOG_MASK, cfg, groups=ts.user_key, baseline_mask=active, sample_weight=weight)
     fit_s = time.perf_counter() - t0
     ref_scores = _predict(model, ts.x_as_of)
-    stages = assign_stages(ts.x_as_of, StageRules())
+    stages = default_taxonomy().assign_stages(ts.x_as_of)
     # two references: the batch population (every user as of --as-of, what `score` sees) and, for the
     # streaming drift monitor, the rows the stream itself scored in the last days before --as-of
     drift_ref = reference_from_events(
@@ -246,7 +246,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.out}: --out must end in .csv or .parquet")
     scorer = Scorer.from_dir(args.model, device=args.device)
     hist = _read(args.events)
-    table = score_as_of(hist.events, cutoff_ms=as_of_ms(args.as_of), scorer=scorer, rules=_stage_rules())
+    table = score_as_of(hist.events, cutoff_ms=as_of_ms(args.as_of), scorer=scorer, taxonomy=_taxonomy())
     write_scores(table, args.out)
     stages = table.column("stage").value_counts().to_pylist()
     mix = ", ".join(f"{d['values']} {d['counts']:,}" for d in sorted(stages, key=lambda d: str(d["values"])))
@@ -306,7 +306,7 @@ def evaluate_holdout(
     from models.report import ReportData, write_report
     from pipelines.batch import ms_to_iso
     from pipelines.features import INDEX
-    from pipelines.stages import MATURE, STAGES, assign_stages
+    from pipelines.stages import MATURE, STAGES, default_taxonomy
     from pipelines.state import DAY_MS
     from pipelines.training import build_holdout
 
@@ -335,7 +335,8 @@ def evaluate_holdout(
         ],
         1,
     )
-    stage = assign_stages(ho.x, _stage_rules())
+    # evaluation groups users by the default taxonomy's stages (the model's documented population)
+    stage = default_taxonomy().assign_stages(ho.x)
     stage_names = np.array(STAGES, dtype=object)[stage]
     n = ho.x.shape[0]
     data = ReportData(
@@ -374,11 +375,11 @@ def evaluate_holdout(
     return write_report(data, out_dir, title=f"Lifecycle model evaluation: {scorer.model_version} at {as_of}")
 
 
-def _stage_rules() -> StageRules:
-    """Stage rules from the ``LIFECYCLE_*`` env vars, as the streaming flow reads them."""
+def _taxonomy() -> Taxonomy:
+    """The taxonomy of ``LIFECYCLE_TAXONOMY``, as the streaming flow reads it."""
     from pipelines.settings import Settings
 
-    return Settings(**{}).stage_rules()
+    return Settings(**{}).load_taxonomy()
 
 
 def _params(p: BGNBDParams) -> str:

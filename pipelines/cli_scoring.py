@@ -2,7 +2,7 @@
 
 :func:`register` adds the subcommand to the ``lifecycle`` parser and sets
 ``func`` (a function of the parsed args returning the exit code). The store
-URL and credentials, stage rules and torch threads come from the same
+URL and credentials, the taxonomy and torch threads come from the same
 ``LIFECYCLE_*`` settings as ``lifecycle run``. Exit codes: 0 ok, 2 bad input
 (missing file, empty history, incompatible model), 1 other failures.
 """
@@ -93,7 +93,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     print(f"rescore: {len(events):,} events, model {scorer.model_version} on {scorer.device}, store {s.store}")
     store = open_migrated_store(s)
     try:
-        res = rescore(store, scorer, events, as_of_ms=as_of, rules=s.stage_rules(), page_rows=args.page_rows)
+        res = rescore(store, scorer, events, as_of_ms=as_of, taxonomy=s.load_taxonomy(), page_rows=args.page_rows)
     except ValueError as err:
         print(f"lifecycle rescore: {err}", file=sys.stderr)
         return 2

@@ -39,11 +39,14 @@ ERASABLE: dict[str, str] = {
     "score_history": "user_id = {uid:String}",
     "stage_transitions": "user_id = {uid:String}",
     "consent": "user_id = {uid:String}",
+    "action_exports": "user_id = {uid:String}",
     "rejected_events": "user_id = {uid:String} OR multiSearchAny(payload, {needles:Array(String)})",
 }
 #: Tables that the cluster schema shards (``<table>_local`` under a Distributed ``<table>``); the
 #: others are one full copy per node there, deleted from under their own name.
-SHARDED: frozenset[str] = frozenset({"user_scores", "score_history", "stage_transitions", "rejected_events"})
+SHARDED: frozenset[str] = frozenset(
+    {"user_scores", "score_history", "stage_transitions", "rejected_events", "action_exports"}
+)
 
 
 def normalize_user_id(user_id: str) -> str:
@@ -110,13 +113,19 @@ def set_consent(
     opted_out: bool,
     source: str,
     *,
+    marketing: bool | None = None,
     now: Callable[[], float] = time.time,
 ) -> int:
     """Record that ``user_ids`` opted out (``True``) or back in (``False``); return the rows written.
 
+    ``marketing``: whether the user accepts marketing actions (playbooks read it
+    as ``marketing_consent``); by default the opposite of ``opted_out``. A user
+    may be scored (``opted_out=False``) without marketing (``marketing=False``).
     ``source`` says where the decision came from (``cli``, ``crm``,
     ``wecom_unsubscribe``, ...). The newest ``updated_at`` per user wins.
     """
+    if marketing is None:
+        marketing = not opted_out
     ids = sorted({normalize_user_id(u) for u in user_ids})
     if not ids or any(not u.strip() for u in ids):
         raise ValueError("set_consent needs at least one non-empty user id")
@@ -127,6 +136,7 @@ def set_consent(
             {
                 "user_id": pa.array(ids, pa.string()),
                 "opted_out": pa.array([opted_out] * n, pa.bool_()),
+                "marketing": pa.array([marketing and not opted_out] * n, pa.bool_()),
                 "updated_at": pa.array([int(now() * 1000)] * n, _TS),
                 "source": pa.array([source] * n, pa.string()),
             }
@@ -138,6 +148,12 @@ def set_consent(
 def opted_out_users(store: Store) -> frozenset[str]:
     """Every user whose latest consent record is an opt-out (what the pipeline must not score)."""
     rows = store.query("SELECT user_id FROM consent FINAL WHERE opted_out")
+    return frozenset(rows.column("user_id").to_pylist())
+
+
+def no_marketing_users(store: Store) -> frozenset[str]:
+    """Users who are scored but refused marketing (their latest consent record says so)."""
+    rows = store.query("SELECT user_id FROM consent FINAL WHERE NOT opted_out AND NOT marketing")
     return frozenset(rows.column("user_id").to_pylist())
 
 
@@ -181,6 +197,7 @@ def erase_from_recovery(recovery_dir: Path, user_ids: Iterable[str]) -> int:
             for step_id, key, epoch, blob in rows:
                 snap = pickle.loads(blob)
                 state = ShardState.restore(snap["state"])
+                state_rows = state.lookup(keys)
                 n = state.erase(keys)
                 if not n:
                     continue
@@ -188,6 +205,12 @@ def erase_from_recovery(recovery_dir: Path, user_ids: Iterable[str]) -> int:
                 snap["state"] = state.snapshot_arrays()
                 gone = np.flatnonzero(state.user_id[: state.n] == "")
                 snap["pending"] = snap["pending"][~np.isin(snap["pending"], gone)]
+                led = snap.get("ledger")
+                if led is not None:  # the users' action history (playbooks) goes too
+                    hit = state_rows[(state_rows >= 0) & (state_rows < led["given"].shape[0])]
+                    led["given"][hit] = 0
+                    led["current"][hit] = -1
+                    led["rule"][hit] = -1
                 db.execute(
                     "UPDATE snaps SET ser_change = ? WHERE step_id = ? AND state_key = ? AND snap_epoch = ?",
                     (pickle.dumps(snap, protocol=pickle.HIGHEST_PROTOCOL), step_id, key, epoch),

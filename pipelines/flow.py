@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,13 +35,14 @@ from bytewax.outputs import Sink
 from pipelines.consent import ConsentFilter
 from pipelines.drift import DriftMonitor
 from pipelines.events import Decoded, DecodeLimits, EventColumns, RawBatch, Rejection, decode_batch
+from pipelines.io.retry import RetryPolicy
 from pipelines.io.sinks import StoreSink
 from pipelines.io.store import Store
 from pipelines.metrics import PipelineMetrics
-from pipelines.records import Records, reject_records, score_records
+from pipelines.playbooks import decide, playbook_context
+from pipelines.records import Labels, Records, reject_records, score_records
 from pipelines.scoring import Scorer
 from pipelines.shard import ShardConfig, ShardProcessor, ShardResult
-from pipelines.stages import STAGES, StageRules, assign_tiers, at_risk
 
 Clock = Callable[[], float]
 
@@ -57,6 +58,8 @@ class FlowConfig:
     #: several processes: sub-batches cross process boundaries, so each must carry only
     #: its own raw payloads (not a reference to the whole batch) when pickled
     exchange: bool = False
+    #: how the store sink waits out an unavailable store (backoff, optional outage limit)
+    store_retry: RetryPolicy = RetryPolicy()
 
 
 def shard_of(user_key: np.ndarray, shards: int) -> np.ndarray:
@@ -83,25 +86,52 @@ def split_by_shard(ev: EventColumns, shards: int) -> list[tuple[str, tuple[str, 
     return [(f"s{k}", (f"s{k}", ev.take(order[bounds[k] : bounds[k + 1]]), clock)) for k in range(shards)]
 
 
-class ShardLogic(StatefulLogic[tuple[str, EventColumns, int], ShardResult, dict[str, Any]]):
-    """Bytewax glue around :class:`ShardProcessor` (one per shard key)."""
+@dataclass(frozen=True, slots=True)
+class ShardOutput:
+    """One activation's store records (scores, transitions) and dead letters."""
 
-    def __init__(self, key: str, proc: ShardProcessor, metrics: PipelineMetrics, cfg: FlowConfig, clock: Clock) -> None:
+    records: list[Records]
+    rejects: list[Rejection]
+
+
+class ShardLogic(StatefulLogic[tuple[str, EventColumns, int], ShardOutput, dict[str, Any]]):
+    """Bytewax glue around :class:`ShardProcessor` (one per shard key).
+
+    Scoring and the playbook run here, inside the stateful step, because the
+    action decision reads and updates per-user history that is part of the
+    shard's state (cooldowns, daily caps). It costs no parallelism: a map after
+    the step would run on the same worker anyway.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        proc: ShardProcessor,
+        score: ScoreStep,
+        metrics: PipelineMetrics,
+        cfg: FlowConfig,
+        clock: Clock,
+    ) -> None:
         self.key = key
         self.proc = proc
+        self.score = score
         self.metrics = metrics
         self.cfg = cfg
         self.clock = clock
         self._last_item_wall = clock()
 
-    def on_item(self, value: tuple[str, EventColumns, int]) -> tuple[Iterable[ShardResult], bool]:
+    def on_item(self, value: tuple[str, EventColumns, int]) -> tuple[Iterable[ShardOutput], bool]:
         self.key, events, clock_hint = value
         res = self.proc.process(events, clock_hint_ms=clock_hint)
         self._last_item_wall = self.clock()
-        self._observe(res)
-        return [res], StatefulLogic.RETAIN
+        return [self._finish(res)], StatefulLogic.RETAIN
 
-    def on_notify(self) -> tuple[Iterable[ShardResult], bool]:
+    def _finish(self, res: ShardResult) -> ShardOutput:
+        self._observe(res)
+        shard = int(self.key[1:]) if self.key[1:].isdigit() else 0
+        return ShardOutput(self.score(res, self.proc, shard, self.cfg.shards), res.rejects)
+
+    def on_notify(self) -> tuple[Iterable[ShardOutput], bool]:
         st = self.proc.state
         idle = self.clock() - self._last_item_wall
         if idle < self.cfg.idle_advance_seconds:
@@ -110,15 +140,13 @@ class ShardLogic(StatefulLogic[tuple[str, EventColumns, int], ShardResult, dict[
         # so silent users still reach dormant/churned when no event arrives at all.
         target = int(self.clock() * 1000) - self.cfg.shard.allowed_lateness_ms
         res = self.proc.advance(max(target, st.clock_ms))
-        self._observe(res)
-        return ([res] if res.rows is not None else []), StatefulLogic.RETAIN
+        return ([self._finish(res)] if res.rows is not None else []), StatefulLogic.RETAIN
 
-    def on_eof(self) -> tuple[Iterable[ShardResult], bool]:
+    def on_eof(self) -> tuple[Iterable[ShardOutput], bool]:
         # End of a finite input: score the users still waiting for their cadence,
         # so the store ends with every user's final state.
         res = self.proc.flush()
-        self._observe(res)
-        return ([res] if res.rows is not None else []), StatefulLogic.RETAIN
+        return ([self._finish(res)] if res.rows is not None else []), StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         if self.cfg.idle_advance_seconds <= 0:
@@ -143,23 +171,27 @@ class ShardLogic(StatefulLogic[tuple[str, EventColumns, int], ShardResult, dict[
 
 
 class ScoreStep:
-    """Feature rows -> store records (user_scores, stage_transitions)."""
+    """Feature rows -> scores, tiers, at-risk, actions -> store records (user_scores, stage_transitions)."""
 
     def __init__(
         self,
         scorer: Scorer,
-        rules: StageRules,
+        shard_cfg: ShardConfig,
         metrics: PipelineMetrics,
         clock: Clock,
         drift: DriftMonitor | None = None,
+        consent: ConsentFilter | None = None,
     ) -> None:
         self.scorer = scorer
-        self.rules = rules
+        self.taxonomy = shard_cfg.taxonomy
+        self.playbook = shard_cfg.playbook
         self.metrics = metrics
         self.clock = clock
         self.drift = drift
+        self.consent = consent
+        self._stage_names = (*self.taxonomy.stages, "none")
 
-    def __call__(self, res: ShardResult) -> list[Records]:
+    def __call__(self, res: ShardResult, proc: ShardProcessor, shard: int = 0, shards: int = 1) -> list[Records]:
         rows = res.rows
         if rows is None or len(rows) == 0:
             return []
@@ -168,11 +200,33 @@ class ScoreStep:
             self.drift.observe(
                 rows.features, {"churn_risk": scores.churn_risk, "purchase_propensity": scores.purchase_propensity}
             )
-        tiers = assign_tiers(rows.features, self.rules)
-        risk = at_risk(rows.stage, scores.churn_risk, self.rules)
+        tax = self.taxonomy
+        tiers = tax.assign_tiers(rows.features, scores.churn_risk, scores.purchase_propensity)
+        risk = tax.at_risk(rows.features, rows.stage, scores.churn_risk, scores.purchase_propensity)
+        if self.consent is not None:
+            marketing = self.consent.marketing_ok(proc.state.user_key[rows.rows])
+        else:
+            marketing = np.ones(len(rows), bool)
+        ctx = playbook_context(
+            rows.features,
+            churn_risk=scores.churn_risk,
+            purchase_propensity=scores.purchase_propensity,
+            stage=rows.stage,
+            prev_stage=rows.prev_stage,
+            tier=tiers,
+            at_risk=risk,
+            marketing_consent=marketing,
+            reason_features=scores.reason_features,
+        )
+        eligible = None if rows.provisional is None else ~rows.provisional
+        acts = decide(
+            self.playbook, proc.ledger, rows.rows, ctx, rows.version, shard=shard, shards=shards, eligible=eligible
+        )
         self.metrics.batches.labels(step="score").inc()
-        count_transitions(self.metrics, rows.prev_stage, rows.stage)
-        return score_records(rows, scores, tiers, risk, self.scorer.model_version, int(self.clock() * 1000))
+        count_transitions(self.metrics, rows.prev_stage, rows.stage, self._stage_names)
+        count_actions(self.metrics, acts.action[acts.granted], self.playbook.action_names)
+        labels = Labels(tax, self.playbook, proc.ledger, tiers, risk, acts)
+        return score_records(rows, scores, labels, self.scorer.model_version, int(self.clock() * 1000))
 
 
 def build_flow(
@@ -214,6 +268,7 @@ def build_flow(
         return d
 
     decoded = op.map("decode", raw, decode)
+
     def shard(d: Decoded) -> list[tuple[str, tuple[str, EventColumns, int]]]:
         parts = split_by_shard(d.events, cfg.shards)
         if cfg.exchange:
@@ -222,10 +277,12 @@ def build_flow(
 
     keyed = op.flat_map("shard", decoded, shard)
 
+    score = ScoreStep(scorer, cfg.shard, metrics, clock, drift, consent)
+
     def build_logic(resume: dict[str, Any] | None) -> ShardLogic:
         if resume:
-            return ShardLogic(resume["key"], ShardProcessor.restore(cfg.shard, resume), metrics, cfg, clock)
-        return ShardLogic("", ShardProcessor(cfg.shard), metrics, cfg, clock)
+            return ShardLogic(resume["key"], ShardProcessor.restore(cfg.shard, resume), score, metrics, cfg, clock)
+        return ShardLogic("", ShardProcessor(cfg.shard), score, metrics, cfg, clock)
 
     processed = op.stateful("state", keyed, build_logic)
     results = op.map("unkey", processed, lambda kv: kv[1])
@@ -235,10 +292,9 @@ def build_flow(
     all_rejects = op.merge("rejects", decode_rejects, state_rejects)
     reject_rows = op.map("reject_rows", all_rejects, lambda rs: reject_records(rs, int(clock() * 1000)))
 
-    score = ScoreStep(scorer, cfg.shard.rules, metrics, clock, drift)
-    score_rows = op.flat_map("score", results, score)
+    score_rows = op.flat_map("score_rows", results, lambda r: r.records)
     records = op.key_on("to_store", op.merge("records", score_rows, reject_rows), lambda _: "store")
-    op.output("store", records, StoreSink(store, metrics, clock=clock))
+    op.output("store", records, StoreSink(store, metrics, clock=clock, retry=cfg.store_retry))
     if dead_letter_sink is not None:
         op.output("dead_letters_out", op.key_on("to_dead_letters", all_rejects, lambda _: "dlq"), dead_letter_sink)
     if transitions_sink is not None:
@@ -247,14 +303,23 @@ def build_flow(
     return flow
 
 
-def count_transitions(metrics: PipelineMetrics, prev: np.ndarray, stage: np.ndarray) -> None:
-    """Increment the transitions counter by (from, to) pairs, vectorised."""
+def count_transitions(metrics: PipelineMetrics, prev: np.ndarray, stage: np.ndarray, names: Sequence[str]) -> None:
+    """Increment the transitions counter by (from, to) pairs, vectorised. ``names[-1]`` is "none" (code -1)."""
     changed = prev != stage
     if not changed.any():
         return
     pairs, counts = np.unique(np.stack([prev[changed], stage[changed]]), axis=1, return_counts=True)
     for (a, b), c in zip(pairs.T, counts, strict=True):
-        metrics.transitions.labels(from_stage=STAGES[a] if a >= 0 else "none", to_stage=STAGES[b]).inc(int(c))
+        metrics.transitions.labels(from_stage=names[a], to_stage=names[b]).inc(int(c))
+
+
+def count_actions(metrics: PipelineMetrics, granted: np.ndarray, names: Sequence[str]) -> None:
+    """Count new actions by action (a bounded label set: the playbook's actions)."""
+    if granted.shape[0] == 0:
+        return
+    codes, counts = np.unique(granted, return_counts=True)
+    for a, c in zip(codes, counts, strict=True):
+        metrics.actions.labels(action=names[a]).inc(int(c))
 
 
 def count_rejects(metrics: PipelineMetrics, rejects: list[Rejection]) -> None:

@@ -15,7 +15,6 @@ from importlib import metadata
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, start_http_server
 
 from pipelines.events import RejectReason
-from pipelines.stages import STAGES
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 _FRESHNESS_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400)
@@ -97,6 +96,12 @@ class PipelineMetrics:
         self.transitions = Counter(
             "lifecycle_stage_transitions", "Stage transitions written", ["from_stage", "to_stage"], registry=r
         )
+        self.actions = Counter(
+            "lifecycle_actions",
+            "Next-best actions granted by the playbook (after cooldowns and daily caps)",
+            ["action"],
+            registry=r,
+        )
         self.model_info = Info("lifecycle_model", "Model artifact in use", registry=r)
         self.build_info = Info("lifecycle_build", "Build information", registry=r)
         self.build_info.info(build_labels())
@@ -126,7 +131,6 @@ class PipelineMetrics:
             self.store_retries.labels(table=table)
         # CPU, memory, open files of this process (process_*), on the same endpoint.
         ProcessCollector(registry=r)
-        self.stages = STAGES
         # Scoring engine (pipelines/scoring.py, docs/scoring.md).
         self.scoring_queue_delay = Histogram(
             "lifecycle_scoring_queue_delay_seconds",

@@ -13,13 +13,12 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from pipelines.events import Rejection
+from pipelines.playbooks import ActionLedger, Decisions, Playbook, action_names, rule_names
 from pipelines.scoring import Scores
 from pipelines.shard import FeatureRows
-from pipelines.stages import STAGES, TIERS
+from pipelines.taxonomy import Taxonomy
 
 _TS = pa.timestamp("ms", tz="UTC")
-_STAGE_NAMES = np.array(STAGES, dtype=object)
-_TIER_NAMES = np.array(TIERS, dtype=object)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,25 +32,58 @@ class Records:
     read_at_ms: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Labels:
+    """What a score row is labelled with besides the model's output: taxonomy, playbook, actions."""
+
+    taxonomy: Taxonomy
+    playbook: Playbook
+    ledger: ActionLedger
+    tiers: npt.NDArray[np.int8]
+    at_risk: npt.NDArray[np.bool_]
+    actions: Decisions
+
+
+def action_columns(labels: Labels, n: int) -> dict[str, pa.Array]:
+    """The taxonomy/playbook/action columns shared by ``user_scores`` and ``stage_transitions``."""
+    tax, pb, d = labels.taxonomy, labels.playbook, labels.actions
+    at = d.at_ms
+    return {
+        "taxonomy": pa.array(np.full(n, tax.name, object), pa.string()),
+        "taxonomy_version": pa.array(np.full(n, tax.version, np.uint32), pa.uint32()),
+        "playbook": pa.array(np.full(n, pb.name, object), pa.string()),
+        "playbook_version": pa.array(np.full(n, pb.version, np.uint32), pa.uint32()),
+        "action": pa.array(action_names(pb, d.action), pa.string()),
+        "action_rule": pa.array(rule_names(labels.ledger, d.rule), pa.string()),
+        "action_at": pa.array(at, _TS, mask=d.action < 0),
+    }
+
+
+def _take(cols: dict[str, pa.Array], idx: npt.NDArray[np.int64]) -> dict[str, pa.Array]:
+    ix = pa.array(idx)
+    return {k: v.take(ix) for k, v in cols.items()}
+
+
 def score_records(
     rows: FeatureRows,
     scores: Scores,
-    tiers: npt.NDArray[np.int8],
-    at_risk: npt.NDArray[np.bool_],
+    labels: Labels,
     model_version: str,
     scored_at_ms: int,
 ) -> list[Records]:
     """``user_scores`` rows for every scored user, ``stage_transitions`` for changed stages."""
     n = len(rows)
-    stage = _STAGE_NAMES[rows.stage]
+    stage_names = np.array(labels.taxonomy.stages, dtype=object)
+    stage = stage_names[rows.stage]
     reasons = scores.reasons
     version = np.full(n, rows.version, np.uint64)
+    acts = action_columns(labels, n)
     user_scores = pa.table(
         {
             "user_id": pa.array(rows.user_id, pa.string()),
             "stage": pa.array(stage, pa.string()),
-            "tier": pa.array(_TIER_NAMES[tiers], pa.string()),
-            "at_risk": pa.array(at_risk, pa.bool_()),
+            "tier": pa.array(np.array(labels.taxonomy.tiers, dtype=object)[labels.tiers], pa.string()),
+            "at_risk": pa.array(labels.at_risk, pa.bool_()),
             "churn_risk": pa.array(scores.churn_risk, pa.float32()),
             "purchase_propensity": pa.array(scores.purchase_propensity, pa.float32()),
             "reasons": reasons,
@@ -59,12 +91,13 @@ def score_records(
             "last_event_at": pa.array(rows.last_event_ms, _TS),
             "scored_at": pa.array(np.full(n, scored_at_ms, np.int64), _TS),
             "version": pa.array(version, pa.uint64()),
+            **acts,
         }
     )
     out = [Records("user_scores", user_scores, rows.last_event_ms[rows.from_events], rows.read_at_ms)]
     changed = np.flatnonzero(rows.prev_stage != rows.stage)
     if changed.shape[0]:
-        prev = np.where(rows.prev_stage[changed] < 0, "none", _STAGE_NAMES[np.maximum(rows.prev_stage[changed], 0)])
+        prev = np.where(rows.prev_stage[changed] < 0, "none", stage_names[np.maximum(rows.prev_stage[changed], 0)])
         out.append(
             Records(
                 "stage_transitions",
@@ -79,6 +112,7 @@ def score_records(
                         "reasons": reasons.take(pa.array(changed)),
                         "model_version": pa.array(np.full(changed.shape[0], model_version, object), pa.string()),
                         "version": pa.array(version[changed], pa.uint64()),
+                        **_take(acts, changed),
                     }
                 ),
             )

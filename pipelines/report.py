@@ -19,9 +19,16 @@ GROUP BY stage ORDER BY users DESC"""
 AT_RISK_SQL = """SELECT user_id, stage, tier, round(churn_risk, 3) AS churn_risk,
        round(purchase_propensity, 3) AS purchase_propensity, reasons
 FROM user_scores FINAL
-WHERE stage IN ('new', 'growing', 'mature')
-ORDER BY at_risk DESC, churn_risk DESC, user_id
+WHERE at_risk
+ORDER BY churn_risk DESC, user_id
 LIMIT 10"""
+
+ACTIONS_SQL = """SELECT action, count() AS users, argMax(action_rule, c) AS top_rule
+FROM (
+    SELECT action, action_rule, count() OVER (PARTITION BY action, action_rule) AS c
+    FROM user_scores FINAL
+)
+GROUP BY action ORDER BY users DESC"""
 
 
 def print_summary(console: Console, store: Store, result: RunResult, store_url: str) -> None:
@@ -59,7 +66,7 @@ def print_summary(console: Console, store: Store, result: RunResult, store_url: 
     console.print(t)
 
     top = store.query(AT_RISK_SQL).to_pylist()
-    t = Table(title="Top at-risk active users, with reasons")
+    t = Table(title="Top at-risk users, with reasons")
     for c in ("user_id", "stage", "tier", "churn risk", "propensity", "reasons"):
         t.add_column(c)
     for r in top:
@@ -71,6 +78,15 @@ def print_summary(console: Console, store: Store, result: RunResult, store_url: 
             f"{r['purchase_propensity']:.3f}",
             "; ".join(r["reasons"]),
         )
+    console.print(t)
+
+    actions = store.query(ACTIONS_SQL).to_pylist()
+    t = Table(title="Next-best actions (current action per user; granted during this run)")
+    for c in ("action", "users", "granted", "most frequent rule"):
+        t.add_column(c, justify="left" if c in ("action", "most frequent rule") else "right")
+    for r in actions:
+        granted = result.actions_granted.get(r["action"], 0)
+        t.add_row(r["action"], f"{r['users']:,}", f"{granted:,}" if r["action"] != "none" else "", r["top_rule"])
     console.print(t)
 
     trans = store.query(

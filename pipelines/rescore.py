@@ -35,6 +35,13 @@ the history still holds their events. Stage transitions are not written: the
 streaming state owns each user's previous stage and emits the transition when
 its own clock gets there (a rescore writing them too would duplicate them).
 
+Taxonomy changes: rows are labelled with the configured taxonomy
+(``LIFECYCLE_TAXONOMY``), so changing the taxonomy and rescoring re-labels
+every user without touching the stream's raw state. Playbook actions are not
+re-decided: a user's current action, its rule and time are the stream's
+decisions (cooldowns and caps live in the stream's state), so they are carried
+over from the store's row unchanged and no action becomes "fresh" again.
+
 Operate it after the stream runs the new model (or is stopped): a stream
 still on the old model would write old-model scores again at each user's next
 event.
@@ -59,11 +66,13 @@ from pipelines.erasure import opted_out_users
 from pipelines.events import EventColumns, hash_strings
 from pipelines.features import compute_features
 from pipelines.io.store import Store, record_model_version
-from pipelines.records import score_records
+from pipelines.playbooks import ActionLedger, Decisions, Playbook
+from pipelines.records import Labels, score_records
 from pipelines.scoring import Scorer, Scores
 from pipelines.shard import FeatureRows
-from pipelines.stages import StageRules, assign_stages, assign_tiers, at_risk
+from pipelines.stages import default_taxonomy
 from pipelines.state import NEVER, ShardState
+from pipelines.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +82,12 @@ PAGE_ROWS = 100_000
 PAGES_IN_FLIGHT = 2
 
 _PAGE_SQL = (
-    "SELECT user_id, version, toInt64(toUnixTimestamp64Milli(last_event_at)) AS last_event_ms "
+    "SELECT user_id, version, toInt64(toUnixTimestamp64Milli(last_event_at)) AS last_event_ms, "
+    "playbook, playbook_version, action, action_rule, action_at "
     "FROM user_scores FINAL WHERE user_id > {after:String} ORDER BY user_id LIMIT {n:UInt64}"
 )
+#: carried over from the store's row: actions are decided by the stream (module docstring)
+_CARRIED = ("playbook", "playbook_version", "action", "action_rule", "action_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,14 +134,14 @@ def rescore(
     events: EventColumns,
     *,
     as_of_ms: int | None = None,
-    rules: StageRules | None = None,
+    taxonomy: Taxonomy | None = None,
     page_rows: int = PAGE_ROWS,
     clock: Callable[[], float] = time.time,
     on_page: Callable[[int], None] | None = None,
 ) -> RescoreResult:
     """Score every user of ``store`` with ``scorer``'s model as of ``as_of_ms`` (see the module docstring)."""
     t0 = time.perf_counter()
-    rules = rules or StageRules()
+    taxonomy = taxonomy or default_taxonomy()
     if len(events) == 0:
         raise ValueError("the event history is empty: nothing to rebuild features from")
     ev = sort_by_time(events)
@@ -139,7 +151,7 @@ def rescore(
     log.info("rescore: replayed %d events of %d users up to %d (ms)", len(ev), st.n, as_of)
     record_model_version(store, scorer.artifact.meta)
     opted = opted_out_users(store)
-    writer = _Writer(store, scorer, st, as_of, rules, clock)
+    writer = _Writer(store, scorer, st, as_of, taxonomy, clock)
     counts = {"users": 0, "rescored": 0, "missing": 0, "newer": 0, "opted_out": 0}
     inflight: deque[tuple[_Page, Future[Scores]]] = deque()
     after = ""
@@ -180,19 +192,27 @@ class _Page:
     last_id: str
     rows: npt.NDArray[np.int64]  # state rows of the users to rescore
     features: npt.NDArray[np.float32]
+    carried: pa.Table  # the store rows' playbook/action columns, for the rescored users
 
 
 class _Writer:
     """Selects a page's users, and turns their scores into ``user_scores`` rows."""
 
     def __init__(
-        self, store: Store, scorer: Scorer, st: ShardState, as_of: int, rules: StageRules, clock: Callable[[], float]
+        self,
+        store: Store,
+        scorer: Scorer,
+        st: ShardState,
+        as_of: int,
+        taxonomy: Taxonomy,
+        clock: Callable[[], float],
     ) -> None:
         self.store = store
         self.scorer = scorer
         self.st = st
         self.as_of = as_of
-        self.rules = rules
+        self.taxonomy = taxonomy
+        self.playbook = _carrier_playbook(taxonomy)
         self.clock = clock
 
     def select(self, tbl: pa.Table, opted: frozenset[str], counts: dict[str, int]) -> _Page:
@@ -214,7 +234,8 @@ class _Writer:
         counts["newer"] += int((newer & ~opted_mask).sum())
         sel = rows[keep]
         feats = compute_features(st, sel, self.as_of)  # an empty page gives a 0 x N_FEATURES matrix
-        return _Page(str(ids[-1]), sel, feats)
+        carried = tbl.select(list(_CARRIED)).filter(pa.array(keep))
+        return _Page(str(ids[-1]), sel, feats, carried)
 
     def write(self, page: _Page, fut: Future[Scores], counts: dict[str, int]) -> None:
         scores = fut.result()
@@ -222,9 +243,11 @@ class _Writer:
         if n == 0:
             return
         st, rows = self.st, page.rows
-        stage = assign_stages(page.features, self.rules)
+        tax = self.taxonomy
+        stage = tax.assign_stages(page.features)
         fr = FeatureRows(
             user_id=st.user_id[rows],
+            rows=rows,
             features=page.features,
             stage=stage,
             prev_stage=stage,  # no transitions: the stream's state owns them (module docstring)
@@ -233,10 +256,27 @@ class _Writer:
             version=self.as_of + 1,
             read_at_ms=0,
         )
-        tiers = assign_tiers(page.features, self.rules)
-        risk = at_risk(stage, scores.churn_risk, self.rules)
-        recs = score_records(fr, scores, tiers, risk, self.scorer.model_version, int(self.clock() * 1000))
+        tiers = tax.assign_tiers(page.features, scores.churn_risk, scores.purchase_propensity)
+        risk = tax.at_risk(page.features, stage, scores.churn_risk, scores.purchase_propensity)
+        none = Decisions(
+            np.full(n, -1, np.int8), np.full(n, -1, np.int16), np.full(n, NEVER, np.int64), np.zeros(n, bool)
+        )
+        ledger = ActionLedger(self.playbook.action_names, self.playbook.rule_ids())
+        labels = Labels(tax, self.playbook, ledger, tiers, risk, none)
+        recs = score_records(fr, scores, labels, self.scorer.model_version, int(self.clock() * 1000))
         for r in recs:
             if r.table == "user_scores":
-                self.store.insert("user_scores", r.data)
+                data = r.data
+                for col in _CARRIED:  # the stream's action decisions stay as they are
+                    data = data.set_column(
+                        data.schema.get_field_index(col),
+                        col,
+                        page.carried.column(col).cast(data.schema.field(col).type),
+                    )
+                self.store.insert("user_scores", data)
         counts["rescored"] += n
+
+
+def _carrier_playbook(taxonomy: Taxonomy) -> Playbook:
+    """An action-less playbook: rescored rows take their action columns from the store instead."""
+    return Playbook(name="", version=1, taxonomy=taxonomy.name, actions=(), rules=(), quiet_ms=0, day_offset_ms=0)

@@ -41,7 +41,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -90,6 +90,8 @@ class Scores:
     churn_risk: F32
     purchase_propensity: F32
     reasons: pa.ListArray  # list<string> per row, strongest driver first
+    #: the reasons' feature indices per row (n x k, strongest first, -1 padded): what playbook rules test
+    reason_features: npt.NDArray[np.int16] = field(default_factory=lambda: np.zeros((0, N_REASONS), np.int16))
 
     def __len__(self) -> int:
         return int(self.churn_risk.shape[0])
@@ -97,7 +99,12 @@ class Scores:
 
 def take_scores(s: Scores, start: int, end: int) -> Scores:
     """Rows ``[start, end)`` of ``s`` (views, no copies)."""
-    return Scores(s.churn_risk[start:end], s.purchase_propensity[start:end], s.reasons.slice(start, end - start))
+    return Scores(
+        s.churn_risk[start:end],
+        s.purchase_propensity[start:end],
+        s.reasons.slice(start, end - start),
+        s.reason_features[start:end],
+    )
 
 
 def concat_scores(parts: Sequence[Scores]) -> Scores:
@@ -108,6 +115,7 @@ def concat_scores(parts: Sequence[Scores]) -> Scores:
         np.concatenate([p.churn_risk for p in parts]),
         np.concatenate([p.purchase_propensity for p in parts]),
         pa.concat_arrays([p.reasons for p in parts]),
+        np.concatenate([p.reason_features for p in parts]),
     )
 
 
@@ -640,13 +648,13 @@ class Scorer:
     def score_at(self, features: F32, arrived: float) -> Scores:
         """:meth:`score` for rows that arrived at ``arrived`` (``time.monotonic()``), for the queue-delay metric."""
         x = np.ascontiguousarray(features, dtype=np.float32)
-        probs, reasons = self._run(x, arrived, reasons=True)
-        return Scores(probs[:, 0].copy(), probs[:, 1].copy(), reasons)
+        probs, reasons, top = self._run(x, arrived, reasons=True)
+        return Scores(probs[:, 0].copy(), probs[:, 1].copy(), reasons, top)
 
     def score_probs(self, features: F32) -> tuple[F32, F32]:
         """(churn risk, purchase propensity) only: no attribution, no reasons."""
         x = np.ascontiguousarray(features, dtype=np.float32)
-        probs, _ = self._run(x, time.monotonic(), reasons=False)
+        probs, _, _ = self._run(x, time.monotonic(), reasons=False)
         return probs[:, 0].copy(), probs[:, 1].copy()
 
     def batcher(
@@ -724,15 +732,16 @@ class Scorer:
             self.metrics.scoring_fallbacks.inc()
         return CpuEngine(self.model)
 
-    def _run(self, x: F32, arrived: float, *, reasons: bool) -> tuple[F32, pa.ListArray]:
+    def _run(self, x: F32, arrived: float, *, reasons: bool) -> tuple[F32, pa.ListArray, npt.NDArray[np.int16]]:
         """Every row of ``x`` through the engine in micro-batches, surviving OOM (split) and device loss (CPU)."""
         with self._lock:
             return self._run_locked(x, arrived, reasons=reasons)
 
-    def _run_locked(self, x: F32, arrived: float, *, reasons: bool) -> tuple[F32, pa.ListArray]:
+    def _run_locked(self, x: F32, arrived: float, *, reasons: bool) -> tuple[F32, pa.ListArray, npt.NDArray[np.int16]]:
         n = x.shape[0]
         probs: list[F32] = []  # per micro-batch, in row order
         phrases: list[pa.ListArray] = []
+        tops: list[npt.NDArray[np.int16]] = []
         m = self.metrics
         pos = 0
         while pos < n:
@@ -751,6 +760,7 @@ class Scorer:
                 probs.append(raw.probs)
                 if reasons and raw.top is not None:
                     phrases.append(self._phrases(x[a:b], raw.top))
+                    tops.append(raw.top)
                 pos = b
                 if m is not None:
                     m.scoring_seconds.observe(raw.seconds + time.monotonic() - t0)
@@ -761,9 +771,10 @@ class Scorer:
         if m is not None:
             m.rows_scored.inc(n)
         merged = (pa.concat_arrays(phrases) if len(phrases) > 1 else phrases[0]) if phrases else _EMPTY_REASONS
+        top = (np.concatenate(tops) if len(tops) > 1 else tops[0]) if tops else np.full((n, self.k), -1, np.int16)
         if len(probs) > 1:
-            return np.concatenate(probs), merged
-        return (probs[0] if probs else np.zeros((0, 2), np.float32)), merged
+            return np.concatenate(probs), merged, top
+        return (probs[0] if probs else np.zeros((0, 2), np.float32)), merged, top
 
     def _on_engine_error(self, err: Exception, rows: int) -> None:
         """Out of memory: halve the micro-batch (and keep it halved). Other errors of a device: go to the CPU."""

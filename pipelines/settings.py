@@ -12,8 +12,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.io.retry import RetryPolicy
+from pipelines.playbooks import Playbook, load_playbook
 from pipelines.shard import ShardConfig
-from pipelines.stages import StageRules
+from pipelines.taxonomy import Taxonomy, load_taxonomy
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "artifacts" / "default"
 DEFAULT_SQL = Path(__file__).resolve().parent.parent / "sql" / "migrations"
@@ -63,11 +64,14 @@ class Settings(BaseSettings):
     consent_refresh_seconds: float = Field(
         60.0, gt=0, description="re-read the consent table (opt-outs) this often; opted-out users are not scored"
     )
-    new_days: float = Field(14.0, gt=0, description="acquired within this many days and no order -> new")
-    dormant_after_days: float = Field(14.0, gt=0, description="silence (days) after which a user is dormant")
-    churned_after_days: float = Field(45.0, gt=0, description="silence (days) after which a user is churned")
-    at_risk_threshold: float = Field(0.6, ge=0, le=1, description="churn risk that flags an active user at-risk")
-    vip_value_90d: float = Field(1000.0, ge=0, description="90-day decayed spend (CNY) for the VIP tier")
+    taxonomy: str = Field(
+        "lifecycle-5",
+        description="stage taxonomy: a shipped name (lifecycle-5 | aida-5 | groups-4) or a YAML file "
+        "(docs/playbooks.md)",
+    )
+    playbook: str | None = Field(
+        None, description="playbook: a shipped name or a YAML file; default: the shipped playbook of the taxonomy"
+    )
     idle_advance_seconds: float = Field(
         0.0, ge=0, description="advance shard clocks by wall time after this many idle seconds (live streams; 0 = off)"
     )
@@ -144,14 +148,13 @@ class Settings(BaseSettings):
             parse_kafka_url(v)
         return v
 
-    def stage_rules(self) -> StageRules:
-        return StageRules(
-            new_days=self.new_days,
-            dormant_after_days=self.dormant_after_days,
-            churned_after_days=self.churned_after_days,
-            vip_value_90d=self.vip_value_90d,
-            at_risk_threshold=self.at_risk_threshold,
-        )
+    def load_taxonomy(self) -> Taxonomy:
+        """The configured taxonomy, validated (:class:`~pipelines.rules.RuleError` names file, line, field)."""
+        return load_taxonomy(self.taxonomy)
+
+    def load_playbook(self, taxonomy: Taxonomy) -> Playbook:
+        """The configured playbook for ``taxonomy`` (by default the shipped one named like the taxonomy)."""
+        return load_playbook(self.playbook or taxonomy.name, taxonomy)
 
     def store_retry(self) -> RetryPolicy:
         """How the sink waits out an unavailable store (:mod:`pipelines.io.retry`)."""
@@ -162,8 +165,10 @@ class Settings(BaseSettings):
         )
 
     def shard_config(self) -> ShardConfig:
+        taxonomy = self.load_taxonomy()
         return ShardConfig(
-            rules=self.stage_rules(),
+            taxonomy=taxonomy,
+            playbook=self.load_playbook(taxonomy),
             allowed_lateness_ms=self.allowed_lateness_seconds * 1000,
             score_interval_ms=int(self.score_interval_seconds * 1000),
             dedup_window_ms=self.dedup_window_seconds * 1000,

@@ -36,8 +36,10 @@ import numpy.typing as npt
 from pipelines.dedup import Deduplicator
 from pipelines.events import EventColumns, Rejection, RejectReason
 from pipelines.features import compute_features
-from pipelines.stages import StageRules, assign_stages
-from pipelines.state import DAY_MS, NEVER, ShardState
+from pipelines.playbooks import ActionLedger, Playbook
+from pipelines.stages import default_playbook, default_taxonomy
+from pipelines.state import NEVER, ShardState
+from pipelines.taxonomy import Taxonomy
 from pipelines.timers import SilenceTimers
 
 
@@ -46,6 +48,7 @@ class FeatureRows:
     """Users to (re-)score, with their features as of the shard clock."""
 
     user_id: npt.NDArray[np.object_]
+    rows: npt.NDArray[np.int64]  # the users' rows in the shard state (action ledger, consent lookups)
     features: npt.NDArray[np.float32]
     stage: npt.NDArray[np.int8]
     prev_stage: npt.NDArray[np.int8]  # -1: first time this user is scored
@@ -55,6 +58,9 @@ class FeatureRows:
     from_events: npt.NDArray[np.bool_]
     version: int  # shard clock (event-time ms): monotonic per user, the ReplacingMergeTree version
     read_at_ms: int  # wall-clock ms the newest contributing batch was read (0 for timer-only rows)
+    #: rows scored by a flush without advancing state (see :meth:`ShardProcessor.flush`): the playbook
+    #: grants them nothing (a grant changes state); None = no such row
+    provisional: npt.NDArray[np.bool_] | None = None
 
     def __len__(self) -> int:
         return int(self.user_id.shape[0])
@@ -73,7 +79,8 @@ class ShardResult:
 
 @dataclass(frozen=True, slots=True)
 class ShardConfig:
-    rules: StageRules = StageRules()
+    taxonomy: Taxonomy = field(default_factory=default_taxonomy)
+    playbook: Playbook = field(default_factory=default_playbook)
     allowed_lateness_ms: int = 6 * 3_600_000
     timer_bucket_ms: int = 3_600_000
     #: a touched user is re-scored at most once per this much event time (0 = every batch)
@@ -93,6 +100,7 @@ class ShardProcessor:
         state: ShardState | None = None,
         timers: SilenceTimers | None = None,
         dedup: Deduplicator | None = None,
+        ledger: ActionLedger | None = None,
     ) -> None:
         self.cfg = cfg
         self.state = state or ShardState()
@@ -101,10 +109,9 @@ class ShardProcessor:
         self.pending = np.zeros(0, np.int64)
         #: newest event time seen per input partition ("source:partition"): the lateness reference
         self.partition_clock: dict[str, int] = {}
-        rules = cfg.rules
-        self.timers = timers or SilenceTimers(
-            (int(rules.dormant_after_days * DAY_MS), int(rules.churned_after_days * DAY_MS)), cfg.timer_bucket_ms
-        )
+        self.timers = timers or SilenceTimers(cfg.taxonomy.silence_ms, cfg.timer_bucket_ms)
+        #: per-user action history and the day's cap counters (playbooks): part of the shard state
+        self.ledger = ledger or ActionLedger(cfg.playbook.action_names, cfg.playbook.rule_ids())
 
     # ------------------------------------------------------------------ steps
 
@@ -148,7 +155,16 @@ class ShardProcessor:
         return ShardResult(rows, rejects, n_applied, int(due.shape[0]), duplicates)
 
     def flush(self) -> ShardResult:
-        """Score every pending user now, cadence or not (end of input, graceful stop)."""
+        """Score every pending user now, cadence or not (end of input, graceful stop).
+
+        The scores are *provisional*: written, but the users stay pending and their
+        score time is not advanced, so the state Bytewax snapshots after the flush
+        is the state before it. A run resumed after a graceful stop then scores
+        them at their next activation exactly as an uninterrupted run would; a
+        flush that advanced the state would make the resumed run's final scores
+        older than the uninterrupted run's. (A pending user whose stage changed is
+        committed as usual: a transition must be emitted once.)
+        """
         if self.pending.shape[0] == 0:
             return ShardResult(None)
         return ShardResult(self._emit(self.pending, np.zeros(0, np.int64), 0, force=True))
@@ -183,27 +199,30 @@ class ShardProcessor:
         if rows.shape[0] == 0:
             return None
         feats = compute_features(st, rows, now)
-        stage = assign_stages(feats, self.cfg.rules)
+        stage = self.cfg.taxonomy.assign_stages(feats)
         prev = st.stage[rows].copy()
         keep = stage != prev
         n_changed = changed.shape[0]
+        provisional = np.zeros(rows.shape[0], bool)
         if force:
+            provisional[:n_changed] = ~keep[:n_changed]
             keep[:n_changed] = True
         else:
             last = st.scored_ms[changed]
             keep[:n_changed] |= (last == NEVER) | (now - last >= self.cfg.score_interval_ms)
-        self.pending = changed[~keep[:n_changed]]
+        self.pending = changed[~keep[:n_changed] | provisional[:n_changed]]
         from_events = np.arange(rows.shape[0]) < n_changed
         if not keep.all():
             rows, feats, stage, prev = rows[keep], feats[keep], stage[keep], prev[keep]
-            from_events = from_events[keep]
+            from_events, provisional = from_events[keep], provisional[keep]
         if rows.shape[0] == 0:
             return None
         st.stage[rows] = stage
-        st.scored_ms[rows] = now
+        st.scored_ms[rows[~provisional]] = now
         last_ev = st.ts["ref_ts"][rows]  # the decay reference is the row's newest event of any type
         return FeatureRows(
             user_id=st.user_id[rows],
+            rows=rows,
             features=feats,
             stage=stage,
             prev_stage=prev,
@@ -211,12 +230,14 @@ class ShardProcessor:
             from_events=from_events,
             version=int(now),
             read_at_ms=read_at_ms,
+            provisional=provisional if provisional.any() else None,
         )
 
     def erase(self, keys: npt.NDArray[np.int64]) -> int:
         """Remove users from this shard's state (erasure); they are no longer pending either."""
         rows = self.state.lookup(keys)
         n = self.state.erase(keys)
+        self.ledger.clear(rows)
         if n and self.pending.shape[0]:
             self.pending = self.pending[~np.isin(self.pending, rows[rows >= 0])]
         return n
@@ -230,16 +251,42 @@ class ShardProcessor:
             "partition_clock": dict(self.partition_clock),
             "dedup": self.dedup.snapshot(),
             "pending": self.pending.copy(),
+            "taxonomy": self.cfg.taxonomy.fingerprint,
+            "ledger": self.ledger.snapshot(self.state.n),
         }
 
     @classmethod
     def restore(cls, cfg: ShardConfig, snap: dict[str, Any]) -> ShardProcessor:
-        proc = cls(
-            cfg,
-            ShardState.restore(snap["state"]),
-            SilenceTimers.restore(snap["timers"]),
-            Deduplicator.restore(snap["dedup"]),
-        )
+        """Resume from :meth:`snapshot`, under ``cfg``'s taxonomy and playbook.
+
+        A snapshot taken under another taxonomy holds stage codes of that
+        taxonomy: every user is re-labelled from state (no transition is
+        emitted: ``lifecycle rescore`` writes the new labels) and the silence
+        timers are rebuilt for the new thresholds. Playbook history is mapped
+        by action name, so editing a playbook keeps cooldowns.
+        """
+        st = ShardState.restore(snap["state"])
+        timers = SilenceTimers.restore(snap["timers"])
+        pb = cfg.playbook
+        led = snap.get("ledger")
+        ledger = ActionLedger.restore(led, pb.action_names, pb.rule_ids()) if led is not None else None
+        proc = cls(cfg, st, timers, Deduplicator.restore(snap["dedup"]), ledger)
         proc.partition_clock = dict(snap["partition_clock"])
         proc.pending = snap["pending"]
+        # snapshots from before taxonomies were configurable hold codes of the default one
+        if snap.get("taxonomy", default_taxonomy().fingerprint) != cfg.taxonomy.fingerprint:
+            proc.relabel()
+        if tuple(timers.thresholds_ms) != tuple(cfg.taxonomy.silence_ms):
+            proc.timers = SilenceTimers(cfg.taxonomy.silence_ms, cfg.timer_bucket_ms)
+            live = np.flatnonzero(st.user_id[: st.n] != "").astype(np.int64)
+            proc.timers.schedule(live, st.ts["last_active_ts"][live])
         return proc
+
+    def relabel(self, chunk: int = 65_536) -> int:
+        """Recompute every scored user's stage under the configured taxonomy (state only); return the count."""
+        st = self.state
+        scored = np.flatnonzero(st.stage[: st.n] >= 0).astype(np.int64)
+        for a in range(0, scored.shape[0], chunk):
+            rows = scored[a : a + chunk]
+            st.stage[rows] = self.cfg.taxonomy.assign_stages(compute_features(st, rows, st.clock_ms))
+        return int(scored.shape[0])

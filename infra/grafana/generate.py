@@ -494,7 +494,7 @@ def lifecycle_overview() -> Board:
             )
         ],
         w=8,
-        description="at_risk = 预流失: active stage but churn risk above LIFECYCLE_AT_RISK_THRESHOLD.",
+        description="at_risk = 预流失, as the taxonomy defines it (lifecycle-5: active stage and churn risk >= 0.6).",
     )
     b.add(
         "stat",
@@ -585,6 +585,31 @@ def lifecycle_overview() -> Board:
         w=12,
         unit="ops",
         description="Spikes into dormant/churned: silence timers firing for a cohort.",
+    )
+
+    b.row("Next-best actions (playbook)")
+    b.add(
+        "timeseries",
+        "Actions granted /s by action",
+        [prom(f"sum by (action) (rate(lifecycle_actions_total{{{SEL}}}[{RI}]))", "{{action}}")],
+        w=12,
+        unit="ops",
+        description="After cooldowns, quiet hours and daily caps (docs/playbooks.md). A flat line at a cap's "
+        "rate means the daily cap is binding.",
+    )
+    b.add(
+        "table",
+        "Current action per user, and what is still to export",
+        [
+            sql(
+                "SELECT action, count() AS users, countIf(action_at IS NOT NULL AND "
+                "(user_id, action, assumeNotNull(action_at)) NOT IN "
+                "(SELECT user_id, action, action_at FROM action_exports FINAL)) AS not_exported "
+                "FROM user_scores FINAL GROUP BY action ORDER BY users DESC"
+            )
+        ],
+        w=12,
+        description="not_exported: grants the exporters have not recorded in action_exports yet (action queue).",
     )
     return b
 

@@ -226,6 +226,11 @@ class _TransitionMessage(msgspec.Struct, gc=False):
     reasons: list[str]
     model_version: str
     version: int
+    taxonomy: str
+    taxonomy_version: int
+    action: str
+    action_rule: str
+    action_at: str | None
 
 
 _ENCODER = msgspec.json.Encoder()
@@ -247,12 +252,21 @@ def transition_messages(data: pa.Table) -> list[tuple[bytes, bytes]]:
         "reasons": data.column("reasons").to_pylist(),
         "model_version": data.column("model_version").to_pylist(),
         "version": data.column("version").to_pylist(),
+        "taxonomy": data.column("taxonomy").to_pylist(),
+        "taxonomy_version": data.column("taxonomy_version").to_pylist(),
+        "action": data.column("action").to_pylist(),
+        "action_rule": data.column("action_rule").to_pylist(),
+        "action_at": [None if s is None else f"{s}Z" for s in _iso(data.column("action_at"))],
     }
     out = []
     for row in zip(*cols.values(), strict=True):
         msg = _TransitionMessage(*row)
         out.append((msg.user_id.encode(), _ENCODER.encode(msg)))
     return out
+
+
+def _iso(col: pa.ChunkedArray) -> list[str | None]:
+    return pc.strftime(col, format="%Y-%m-%dT%H:%M:%S").to_pylist()  # nulls stay null
 
 
 def _rounded(col: pa.ChunkedArray) -> list[float]:

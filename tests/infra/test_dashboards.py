@@ -131,7 +131,8 @@ def test_clickhouse_panels_read_deduplicated_tables() -> None:
         if q.ds_type != CLICKHOUSE_TYPE:
             continue
         for table in re.findall(r"\bFROM\s+(\w+)", q.query):
-            assert table in {"user_scores", "stage_transitions", "rejected_events"}, f"{q.label}: unknown {table}"
+            known = {"user_scores", "stage_transitions", "rejected_events", "action_exports"}
+            assert table in known, f"{q.label}: unknown {table}"
             assert re.search(rf"\bFROM\s+{table}\s+FINAL\b", q.query), f"{q.label}: read {table} with FINAL"
 
 

@@ -110,15 +110,16 @@ def _transition_records() -> list[Records]:
     sim = simulate(SimConfig(users=300, days=20, seed=3))
     metrics = PipelineMetrics(CollectorRegistry())
     cfg = ShardConfig()
-    score = ScoreStep(Scorer.from_dir(DEFAULT_MODEL_DIR, device="cpu"), cfg.rules, metrics, lambda: NOW_MS / 1000)
+    score = ScoreStep(Scorer.from_dir(DEFAULT_MODEL_DIR, device="cpu"), cfg, metrics, lambda: NOW_MS / 1000)
     procs: dict[str, ShardProcessor] = {}
     out: list[Records] = []
     for i, lines in enumerate(iter_ndjson_batches(sim.events, 5000)):
         raw = RawBatch("events", 0, np.arange(i * 5000, i * 5000 + len(lines), dtype=np.int64), lines)
         for key, (_, ev, clock) in split_by_shard(decode_batch(raw, now_ms=NOW_MS).events, 2):
-            out += score(procs.setdefault(key, ShardProcessor(cfg)).process(ev, clock_hint_ms=clock))
-    for proc in procs.values():
-        out += score(proc.flush())
+            proc = procs.setdefault(key, ShardProcessor(cfg))
+            out += score(proc.process(ev, clock_hint_ms=clock), proc, int(key[1:]), 2)
+    for key, proc in procs.items():
+        out += score(proc.flush(), proc, int(key[1:]), 2)
     return out
 
 
@@ -152,6 +153,11 @@ def test_transitions_topic_has_one_json_message_per_transition_keyed_by_user(kaf
             "reasons",
             "model_version",
             "version",
+            "taxonomy",
+            "taxonomy_version",
+            "action",
+            "action_rule",
+            "action_at",
         ]
 
     def expected(row: dict) -> tuple:
@@ -166,10 +172,25 @@ def test_transitions_topic_has_one_json_message_per_transition_keyed_by_user(kaf
             tuple(row["reasons"]),
             row["model_version"],
             row["version"],
+            row["taxonomy"],
+            row["action"],
+            row["action_rule"],
+            None
+            if row["action_at"] is None
+            else row["action_at"].astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         )
 
     def got(v: dict) -> tuple:
-        return (*list(v.values())[:6], tuple(v["reasons"]), v["model_version"], v["version"])
+        return (
+            *list(v.values())[:6],
+            tuple(v["reasons"]),
+            v["model_version"],
+            v["version"],
+            v["taxonomy"],
+            v["action"],
+            v["action_rule"],
+            v["action_at"],
+        )
 
     assert Counter(got(v) for v in values) == Counter(expected(r) for r in rows)
     assert all(datetime.fromisoformat(v["at"]).tzinfo is not None for v in values)
@@ -197,6 +218,11 @@ def test_transition_message_format_is_exact() -> None:
             "reasons": pa.array([["no activity for 3 days"]], pa.list_(pa.string())),
             "model_version": ["m1"],
             "version": pa.array([1_790_856_903_123], pa.uint64()),
+            "taxonomy": ["lifecycle-5"],
+            "taxonomy_version": pa.array([1], pa.uint32()),
+            "action": ["welcome_coupon"],
+            "action_rule": ["welcome-new"],
+            "action_at": pa.array([1_790_856_903_123], pa.timestamp("ms", tz="UTC")),
         }
     )
     ((key, value),) = transition_messages(table)
@@ -206,7 +232,8 @@ def test_transition_message_format_is_exact() -> None:
         == (
             '{"user_id":"u一","from_stage":"none","to_stage":"new","at":"2026-10-01T12:15:03.123Z",'
             '"churn_risk":0.731,"purchase_propensity":0.05,"reasons":["no activity for 3 days"],'
-            '"model_version":"m1","version":1790856903123}'
+            '"model_version":"m1","version":1790856903123,"taxonomy":"lifecycle-5","taxonomy_version":1,'
+            '"action":"welcome_coupon","action_rule":"welcome-new","action_at":"2026-10-01T12:15:03.123Z"}'
         ).encode()
     )
 

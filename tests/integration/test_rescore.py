@@ -183,3 +183,42 @@ def test_overlapping_event_files_load_each_event_once_in_time_order(tmp_path: Pa
     assert len(ev) == events.height
     assert np.unique(ev.event_key).shape[0] == len(ev)
     assert bool(np.all(ev.ts_ms[1:] >= ev.ts_ms[:-1]))
+
+
+def test_rescore_after_a_taxonomy_change_relabels_everyone_and_keeps_the_streams_actions(
+    pipeline_store: tuple[Path, Path], store_copy: Path
+) -> None:
+    from pipelines.batch import score_as_of
+    from pipelines.taxonomy import load_taxonomy
+
+    events_path, _ = pipeline_store
+    actions_sql = (
+        "SELECT user_id, playbook, playbook_version, action, action_rule, action_at FROM user_scores FINAL "
+        "ORDER BY user_id"
+    )
+    store = ChdbStore(store_copy)
+    try:
+        before = store.query(actions_sql).to_pylist()
+        assert {r["taxonomy"] for r in store.query("SELECT taxonomy FROM user_scores FINAL").to_pylist()} == {
+            "lifecycle-5"
+        }
+        assert any(r["action"] != "none" for r in before)
+        groups = load_taxonomy("groups-4")
+        events = load_events([events_path])
+        res = rescore(store, Scorer.from_dir(DEFAULT_MODEL_DIR, device="cpu"), events, taxonomy=groups, page_rows=150)
+        after = store.query(
+            "SELECT user_id, stage, tier, at_risk, taxonomy, taxonomy_version FROM user_scores FINAL ORDER BY user_id"
+        ).to_pylist()
+        assert store.query(actions_sql).to_pylist() == before  # actions are the stream's: carried over unchanged
+    finally:
+        store.close()
+    assert res.rescored == len(after) == len(before)
+    assert {(r["taxonomy"], r["taxonomy_version"]) for r in after} == {("groups-4", 1)}
+    # every user's labels are groups-4's rules over the replayed features (what `lifecycle score` computes)
+    want = score_as_of(events, cutoff_ms=res.as_of_ms, scorer=Scorer.from_dir(DEFAULT_MODEL_DIR, device="cpu"),
+                       taxonomy=groups).to_pylist()  # fmt: skip
+    by_user = {w["user_id"]: (w["stage"], w["tier"], w["at_risk"]) for w in want}
+    assert {r["user_id"]: (r["stage"], r["tier"], r["at_risk"]) for r in after} == {
+        u: by_user[u] for u in (r["user_id"] for r in after)
+    }
+    assert {r["stage"] for r in after} <= set(groups.stages) and len({r["stage"] for r in after}) >= 3

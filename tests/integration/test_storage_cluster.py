@@ -26,12 +26,13 @@ from pipelines.io.store import ChdbStore, split_statements
 from pipelines.migrations import apply_migrations
 from pipelines.settings import Settings
 from tests.integration.test_storage_downstream import EXPECTED, OPTED_OUT, crafted_events
+from tests.support.taxonomy import taxonomy_variant
 
 pytestmark = pytest.mark.integration
 
 CLUSTER_SQL = Path(__file__).resolve().parents[2] / "sql" / "cluster"
 QUERIES = CLUSTER_SQL.parent / "queries"
-SHARDED = ("user_scores", "score_history", "stage_transitions", "rejected_events")
+SHARDED = ("user_scores", "score_history", "stage_transitions", "rejected_events", "action_exports")
 FULL_COPY = ("consent", "erasure_log", "model_versions", "schema_migrations")
 
 # One shard, one replica: this process. tcp_port makes the replica "local", so the Distributed engine
@@ -84,7 +85,7 @@ def test_cluster_schema_serves_pipeline_queries_and_erasure_through_distributed_
 
     store = ChdbStore(tmp_path / "store.chdb", config_file=tmp_path / "cluster.xml")
     try:
-        assert len(apply_migrations(store, sql)) == 5
+        assert len(apply_migrations(store, sql)) == 6
         tables = store.query("SELECT name, engine FROM system.tables WHERE database = currentDatabase()")
         engines = {r["name"]: r["engine"] for r in tables.to_pylist()}
         assert all(engines[t] == "Distributed" and engines[f"{t}_local"].endswith("MergeTree") for t in SHARDED)
@@ -96,7 +97,7 @@ def test_cluster_schema_serves_pipeline_queries_and_erasure_through_distributed_
             metrics_port=0,
             shards=2,
             batch_events=20,
-            at_risk_threshold=0.0,
+            taxonomy=str(taxonomy_variant(tmp_path / "taxonomy", at_risk_threshold=0.0)),
         )
         run_pipeline(s, registry=CollectorRegistry(), store=store, serve_metrics=False)  # writes via Distributed
         set_consent(store, OPTED_OUT, True, "test")
@@ -113,6 +114,12 @@ def test_cluster_schema_serves_pipeline_queries_and_erasure_through_distributed_
         assert ask("win_back_candidates") == {"vip_dormant", "regular_churned", "unsub_regular"}
         assert ask("at_risk_vips") == {"vip_active"}
         assert ask("stage_audience", stage="dormant") == {"vip_dormant", "potential_dormant"}
+        acted = {
+            r["user_id"]
+            for r in store.query("SELECT user_id FROM user_scores FINAL WHERE action != 'none'").to_pylist()
+        }
+        queue = ask("action_queue", action="", max_age_hours=24 * 365, limit=1000)
+        assert "vip_active" in queue and queue == acted - set(OPTED_OUT)  # vip_care for an at-risk VIP
 
         counts = forget_user(store, "vip_dormant", reason="test", table_suffix="_local")
         assert counts["user_scores"] and counts["stage_transitions"] and counts["rejected_events"]

@@ -27,6 +27,7 @@ from pipelines.erasure import erased_user_hashes, forget_user, opted_out_users, 
 from pipelines.io.store import ChdbStore
 from pipelines.settings import Settings
 from tests.support.events import T0, line
+from tests.support.taxonomy import taxonomy_variant
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +77,7 @@ def run(input_path: Path, store_dir: Path) -> None:
         metrics_port=0,
         shards=2,
         batch_events=20,
-        at_risk_threshold=0.0,
+        taxonomy=str(taxonomy_variant(store_dir.parent / "taxonomy", at_risk_threshold=0.0)),
     )
     run_pipeline(s, registry=CollectorRegistry(), serve_metrics=False)
 
@@ -216,7 +217,7 @@ def test_stage_funnel_counts_users_per_stage_at_each_day_end(store: ChdbStore) -
 
 def _rows_of(store: ChdbStore, user: str) -> dict[str, int]:
     out = {}
-    for table in ("user_scores", "score_history", "stage_transitions", "consent", "rejected_events"):
+    for table in ("user_scores", "score_history", "stage_transitions", "consent", "rejected_events", "action_exports"):
         q = f"SELECT count() AS n FROM {table} WHERE user_id = {{u:String}}"
         out[table] = int(store.query(q, params={"u": user}).column("n")[0].as_py())
     return out
@@ -224,6 +225,10 @@ def _rows_of(store: ChdbStore, user: str) -> dict[str, int]:
 
 def test_forget_removes_the_user_from_every_table_and_logs_only_a_hash(store: ChdbStore) -> None:
     set_consent(store, ["vip_dormant"], False, "test")  # a consent row to erase as well
+    store.query(  # and an exported action
+        "INSERT INTO action_exports (user_id, action, action_at) "
+        "SELECT user_id, action, assumeNotNull(action_at) FROM user_scores FINAL WHERE user_id = 'vip_dormant'"
+    )
     before = _rows_of(store, "vip_dormant")
     assert all(before.values()), before  # the user is in every table, dead letters included
     others = store.query("SELECT count() AS n FROM user_scores WHERE user_id != 'vip_dormant'").to_pylist()

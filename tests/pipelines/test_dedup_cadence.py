@@ -49,7 +49,7 @@ def test_dedup_snapshot_restores_the_remembered_keys() -> None:
     assert r.first_seen(np.array([6, 8], np.int64), np.array([T0, T0], np.int64)).tolist() == [False, True]
 
 
-def test_a_changed_user_is_scored_at_most_once_per_interval_and_flushed_at_the_end() -> None:
+def test_a_changed_user_is_scored_at_most_once_per_interval_and_flushed_provisionally_at_the_end() -> None:
     proc = ShardProcessor(ShardConfig(score_interval_ms=60 * S))
     scored = 0
     for i in range(30):  # a burst: one event every 5 s for 150 s
@@ -60,7 +60,13 @@ def test_a_changed_user_is_scored_at_most_once_per_interval_and_flushed_at_the_e
     final = proc.flush()
     assert final.rows is not None and list(final.rows.user_id) == ["a"]
     assert final.rows.version == T0 + 145 * S
-    assert proc.flush().rows is None
+    # provisional: the flush leaves the state as it was (the user is still pending, its score time
+    # not advanced), so a run resumed after a graceful stop scores it as an uninterrupted run would
+    assert final.rows.provisional is not None and final.rows.provisional.tolist() == [True]
+    assert proc.pending.tolist() == [0] and int(proc.state.scored_ms[0]) == T0 + 120 * S
+    again = proc.flush()
+    assert again.rows is not None and again.rows.version == final.rows.version
+    np.testing.assert_array_equal(again.rows.features, final.rows.features)
 
 
 def test_a_stage_change_is_emitted_at_once_whatever_the_cadence() -> None:

@@ -137,6 +137,7 @@ def test_bundled_migrations_build_the_documented_schema_idempotently(store: Chdb
     assert store.migrate(DEFAULT_SQL) == names  # Store.migrate: every migration in effect, applied or not
     assert apply_migrations(store, DEFAULT_SQL) == []
     assert _tables(store) == [
+        "action_exports",
         "consent",
         "erasure_log",
         "model_versions",

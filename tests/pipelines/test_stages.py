@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 
 from pipelines.shard import ShardConfig, ShardProcessor
-from pipelines.stages import STAGES, StageRules
+from pipelines.stages import STAGES, default_taxonomy
 from tests.support.events import T0, columns
 
 D = 86_400_000
-RULES = StageRules()  # new 14d, dormant 14d, churned 45d, mature >= 2 orders and >= 3 active days in 30
+TAXONOMY = default_taxonomy()  # lifecycle-5: new 14d, dormant 14d, churned 45d, mature >= 2 orders, >= 3 active days
 
 
 def _stage_of(user: str, history: list[tuple], now: int) -> str:
     """Feed a user's history plus a clock event from another user at `now`; return the user's stage."""
-    proc = ShardProcessor(ShardConfig(rules=RULES, allowed_lateness_ms=1000 * D))
+    proc = ShardProcessor(ShardConfig(taxonomy=TAXONOMY, allowed_lateness_ms=1000 * D))
     proc.process(columns(history))
     proc.process(columns([("clock", now, "page_view")]))
     row = proc.state.lookup(columns([(user, 0, "page_view")]).user_key)
@@ -53,13 +53,13 @@ def test_stage_rules_on_hand_made_users(history: list[tuple], now_days: int, sta
     assert _stage_of("u", history, T0 + now_days * D) == stage
 
 
-def test_stage_rules_reject_inconsistent_thresholds() -> None:
-    with pytest.raises(ValueError, match="dormant_after_days"):
-        StageRules(dormant_after_days=50, churned_after_days=45)
+def test_default_taxonomy_names_the_stages_training_and_evaluation_use() -> None:
+    assert TAXONOMY.name == "lifecycle-5" and TAXONOMY.stages == STAGES
+    assert TAXONOMY.silence_days == (14.0, 45.0)
 
 
 def test_silent_user_moves_to_dormant_then_churned_without_new_events() -> None:
-    proc = ShardProcessor(ShardConfig(rules=RULES, timer_bucket_ms=3_600_000))
+    proc = ShardProcessor(ShardConfig(taxonomy=TAXONOMY, timer_bucket_ms=3_600_000))
     proc.process(columns([("silent", T0, "order", 30.0), ("busy", T0, "page_view")]))
     seen: list[tuple[float, str]] = []
     for hour in range(1, 60 * 24):  # the busy user keeps the shard clock moving, hourly
@@ -74,7 +74,7 @@ def test_silent_user_moves_to_dormant_then_churned_without_new_events() -> None:
 
 
 def test_idle_clock_advance_fires_silence_timers() -> None:
-    proc = ShardProcessor(ShardConfig(rules=RULES))
+    proc = ShardProcessor(ShardConfig(taxonomy=TAXONOMY))
     proc.process(columns([("quiet", T0, "page_view")]))
     res = proc.advance(T0 + 15 * D)
     assert res.rows is not None
@@ -83,7 +83,7 @@ def test_idle_clock_advance_fires_silence_timers() -> None:
 
 
 def test_late_events_are_dead_letters_not_state() -> None:
-    proc = ShardProcessor(ShardConfig(rules=RULES, allowed_lateness_ms=3_600_000))
+    proc = ShardProcessor(ShardConfig(taxonomy=TAXONOMY, allowed_lateness_ms=3_600_000))
     proc.process(columns([("a", T0 + 10 * D, "page_view")]))
     res = proc.process(
         columns([("a", T0 + 10 * D - 2 * 3_600_000, "order", 5.0), ("a", T0 + 10 * D - 60_000, "share")])
@@ -100,7 +100,7 @@ def test_first_score_of_a_user_reports_no_previous_stage() -> None:
 
 
 def test_lateness_is_judged_per_input_partition_so_a_lagging_partition_is_not_late() -> None:
-    proc = ShardProcessor(ShardConfig(rules=RULES, allowed_lateness_ms=3_600_000))
+    proc = ShardProcessor(ShardConfig(taxonomy=TAXONOMY, allowed_lateness_ms=3_600_000))
     ahead = columns([("a", T0 + 10 * D, "page_view")])
     behind = columns([("b", T0, "page_view")])
     proc.process(dataclasses.replace(ahead, partition=0))

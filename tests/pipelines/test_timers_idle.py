@@ -1,10 +1,11 @@
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from pipelines.flow import FlowConfig, ShardLogic
+from pipelines.flow import FlowConfig, ScoreStep, ShardLogic
 from pipelines.metrics import PipelineMetrics
+from pipelines.scoring import Scorer
+from pipelines.settings import DEFAULT_MODEL
 from pipelines.shard import ShardConfig, ShardProcessor
-from pipelines.stages import STAGES
 from pipelines.timers import SilenceTimers
 from tests.support.events import T0, columns
 
@@ -45,7 +46,9 @@ class _Clock:
 def test_an_idle_stream_advances_the_clock_by_wall_time_and_fires_silence() -> None:
     wall = _Clock(T0 / 1000)
     cfg = FlowConfig(shards=1, shard=ShardConfig(allowed_lateness_ms=H), idle_advance_seconds=30)
-    logic = ShardLogic("s0", ShardProcessor(cfg.shard), PipelineMetrics(CollectorRegistry()), cfg, wall)
+    metrics = PipelineMetrics(CollectorRegistry())
+    score = ScoreStep(Scorer.from_dir(DEFAULT_MODEL, device="cpu"), cfg.shard, metrics, wall)
+    logic = ShardLogic("s0", ShardProcessor(cfg.shard), score, metrics, cfg, wall)
     logic.on_item(("s0", columns([("quiet", T0, "page_view")]), T0))
     first = logic.notify_at()
     assert first is not None and first.timestamp() == T0 / 1000 + 30
@@ -53,11 +56,15 @@ def test_an_idle_stream_advances_the_clock_by_wall_time_and_fires_silence() -> N
     assert logic.on_notify()[0] == []
     wall.t += 15 * 24 * 3600  # 15 days without a single event
     out, _ = logic.on_notify()
-    assert len(out) == 1 and out[0].rows is not None
-    assert list(out[0].rows.user_id) == ["quiet"] and STAGES[int(out[0].rows.stage[0])] == "dormant"
+    assert len(out) == 1
+    scores = {r.table: r.data.to_pylist() for r in out[0].records}
+    assert [(r["user_id"], r["stage"]) for r in scores["user_scores"]] == [("quiet", "dormant")]
+    assert [(r["from_stage"], r["to_stage"]) for r in scores["stage_transitions"]] == [("growing", "dormant")]
 
 
 def test_idle_advance_is_off_by_default_for_replays() -> None:
     cfg = FlowConfig()
-    logic = ShardLogic("s0", ShardProcessor(cfg.shard), PipelineMetrics(CollectorRegistry()), cfg, _Clock(0))
+    metrics = PipelineMetrics(CollectorRegistry())
+    score = ScoreStep(Scorer.from_dir(DEFAULT_MODEL, device="cpu"), cfg.shard, metrics, _Clock(0))
+    logic = ShardLogic("s0", ShardProcessor(cfg.shard), score, metrics, cfg, _Clock(0))
     assert logic.notify_at() is None

@@ -106,14 +106,6 @@ def _cadence_lines() -> list[bytes]:
     return lines + [line(f"g{j}", f"g{j % 500}", t0 + 40_000 + j * 1000) for j in range(3000)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug (issue 9): the flush at end of input (ShardLogic.on_eof -> ShardProcessor.flush) also "
-    "clears `pending` and sets `scored_ms`, and Bytewax snapshots that; after a graceful stop the resumed run "
-    "therefore never re-scores users that were pending at the stop, while an uninterrupted run scores them "
-    "at the next batch (a later version). Fix in pipelines/shard.py: flush must emit rows without changing "
-    "the cadence state. Remove this marker with the fix.",
-)
 def test_sigterm_while_users_await_their_score_cadence_resumes_to_reference_scores(
     kafka_broker: TansuBroker, tmp_path: Path
 ) -> None:
