@@ -41,6 +41,11 @@ def register(sub: Any) -> None:
         "(default: the newer of the newest event and the store's clock)",
     )
     p.add_argument("--store", default=None, help="store URL [env: LIFECYCLE_STORE]")
+    p.add_argument(
+        "--taxonomy",
+        default=None,
+        help="label stages, tiers and at-risk with this taxonomy (shipped name or YAML) [env: LIFECYCLE_TAXONOMY]",
+    )
     p.add_argument("--device", default=None, help="torch device: auto | cpu | cuda[:N] [env: LIFECYCLE_DEVICE]")
     p.add_argument(
         "--batch-rows",
@@ -76,11 +81,17 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     from models.artifact import ArtifactError
     from pipelines.app import open_migrated_store
     from pipelines.rescore import load_events, rescore
+    from pipelines.rules import RuleError
     from pipelines.scoring import Scorer
     from pipelines.settings import Settings
 
-    over = {k: v for k, v in {"store": args.store, "device": args.device}.items() if v is not None}
+    over = {k: v for k, v in {"store": args.store, "device": args.device, "taxonomy": args.taxonomy}.items() if v}
     s = Settings(**over)
+    try:
+        taxonomy = s.load_taxonomy()
+    except RuleError as err:
+        print(f"lifecycle rescore: {err}", file=sys.stderr)
+        return 2
     if s.torch_threads:
         torch.set_num_threads(s.torch_threads)
     try:
@@ -90,10 +101,13 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     except (ArtifactError, FileNotFoundError, ValueError) as err:
         print(f"lifecycle rescore: {err}", file=sys.stderr)
         return 2
-    print(f"rescore: {len(events):,} events, model {scorer.model_version} on {scorer.device}, store {s.store}")
+    print(
+        f"rescore: {len(events):,} events, model {scorer.model_version} on {scorer.device}, "
+        f"taxonomy {taxonomy.name}@{taxonomy.version}, store {s.store}"
+    )
     store = open_migrated_store(s)
     try:
-        res = rescore(store, scorer, events, as_of_ms=as_of, taxonomy=s.load_taxonomy(), page_rows=args.page_rows)
+        res = rescore(store, scorer, events, as_of_ms=as_of, taxonomy=taxonomy, page_rows=args.page_rows)
     except ValueError as err:
         print(f"lifecycle rescore: {err}", file=sys.stderr)
         return 2

@@ -168,11 +168,21 @@ def test_rescore_command_rescores_the_store_and_exits_0(
         assert args.func(args) == 0
         bad = parser.parse_args([*argv[:3], "--model", str(pipeline_store[1]), *argv[5:]])
         assert bad.func(bad) == 2  # not a model artifact
+        wrong = parser.parse_args([*argv, "--taxonomy", "lifecycle-9"])
+        assert wrong.func(wrong) == 2  # not a taxonomy: refused before anything is read or written
+        relabel = parser.parse_args([*argv, "--device", "cpu", "--taxonomy", "aida-5"])
+        assert relabel.func(relabel) == 0
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr()
     assert "rescored" in out.out and NEW_VERSION in out.out and "not a model artifact" in out.err
+    assert "lifecycle-9: no such file, and not a shipped name" in out.err and "taxonomy aida-5@1" in out.out
     assert {r["model_version"] for r in _final(store_copy)} == {NEW_VERSION}
+    s = ChdbStore(store_copy)
+    try:
+        assert s.query("SELECT DISTINCT taxonomy FROM user_scores FINAL").column("taxonomy").to_pylist() == ["aida-5"]
+    finally:
+        s.close()
 
 
 def test_overlapping_event_files_load_each_event_once_in_time_order(tmp_path: Path) -> None:
