@@ -177,8 +177,12 @@ def _run_local_cluster(args: argparse.Namespace, s: Settings, console: Any) -> i
 
     Every process runs the same flow; Bytewax exchanges shard batches between them
     and the single store partition writes from one of them. A failing process
-    stops the others: a partial cluster would stall, not finish.
+    stops the others: a partial cluster would stall, not finish. A SIGTERM to this
+    parent is forwarded to every member, so a Kafka cluster drains as one process
+    does (:func:`pipelines.app.install_graceful_stop`: the flow ends when every
+    member's partitions have ended).
     """
+    import signal
     import socket
     import subprocess
     import time
@@ -199,7 +203,15 @@ def _run_local_cluster(args: argparse.Namespace, s: Settings, console: Any) -> i
 
         ensure_recovery_dir(s.recovery_dir, s.processes)  # one partition per process, before any starts
     console.print(f"local cluster: {s.processes} processes at {addresses}")
-    procs = []
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        live = [p for p in procs if p.poll() is None]
+        log.warning("SIGTERM received: forwarding it to %d cluster process(es)", len(live))
+        for p in live:
+            p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
     for i in range(s.processes):
         port = s.metrics_port + i if s.metrics_port else 0
         cmd = [*base, "--process-id", str(i), "--addresses", addresses, "--metrics-port", str(port)]
@@ -284,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:
+        # While the store is down, the HTTP client libraries warn on every failed attempt; the sink logs one
+        # line when the outage starts and one when it ends (pipelines/io/retry.py), which is what operators need.
+        for noisy in ("urllib3", "clickhouse_connect"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
     handlers = {"run": _cmd_run, "simulate": _cmd_simulate, "query": _cmd_query}
     try:
         if getattr(args, "func", None) is not None:

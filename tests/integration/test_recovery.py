@@ -14,6 +14,7 @@ import pytest
 
 from pipelines.io.store import ChdbStore
 from pipelines.simulate import SimConfig, simulate, write_jsonl
+from tests.support.recovery import committed_epoch
 
 SQL = (
     "SELECT user_id, stage, tier, at_risk, churn_risk, purchase_propensity, reasons, last_event_at, version "
@@ -30,21 +31,6 @@ def _cmd(events: Path, store: Path, recovery: Path | None) -> list[str]:
     if recovery is not None:
         cmd += ["--recovery-dir", str(recovery), "--epoch-seconds", "0.2"]
     return cmd
-
-
-def _committed_epoch(recovery: Path) -> int:
-    """Newest epoch the recovery store committed (0 before the first)."""
-    import sqlite3
-
-    best = 0
-    for part in recovery.glob("part-*.sqlite3"):
-        try:
-            with sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=1) as db:
-                row = db.execute("SELECT max(commit_epoch) FROM commits").fetchone()
-        except sqlite3.Error:
-            continue
-        best = max(best, int(row[0] or 0))
-    return best
 
 
 def _read(store: Path) -> tuple[list[dict], list[dict]]:
@@ -75,11 +61,11 @@ def test_kill_9_mid_stream_twice_then_resume_equals_an_uninterrupted_run(
     store, recovery = tmp_path / "store.chdb", tmp_path / "recovery"
     kills = 0
     for _ in range(2):  # the second kill hits the resumed run
-        start_epoch = _committed_epoch(recovery)
+        start_epoch = committed_epoch(recovery)
         proc = subprocess.Popen(_cmd(events, store, recovery), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         # kill mid-stream: once a few more epochs were committed (so progress was made and recorded)
-        while proc.poll() is None and _committed_epoch(recovery) < start_epoch + 3 and time.monotonic() < deadline:
+        while proc.poll() is None and committed_epoch(recovery) < start_epoch + 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)

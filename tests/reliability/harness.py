@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -83,19 +82,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def committed_epoch(recovery: Path) -> int:
-    """Newest epoch the Bytewax recovery store committed (0 before the first)."""
-    best = 0
-    for part in recovery.glob("part-*.sqlite3"):
-        try:
-            with sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=1) as db:
-                row = db.execute("SELECT max(commit_epoch) FROM commits").fetchone()
-        except sqlite3.Error:
-            continue
-        best = max(best, int(row[0] or 0))
-    return best
 
 
 def recovery_stamp(recovery: Path) -> tuple[tuple[str, int, int], ...]:

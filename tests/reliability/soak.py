@@ -36,7 +36,7 @@ from typing import Any
 
 from pipelines.io.kafka import produce_lines
 from tests.reliability.fake_s3 import fake_s3
-from tests.reliability.harness import Pipeline, committed_epoch, free_port, make_stream, run_args
+from tests.reliability.harness import Pipeline, free_port, make_stream, run_args
 from tests.reliability.oracle import (
     Counters,
     capture_chdb,
@@ -47,6 +47,7 @@ from tests.reliability.oracle import (
     scrape,
 )
 from tests.reliability.persistent_broker import PersistentBroker
+from tests.support.recovery import committed_epoch
 
 BATCH = 1000
 CHUNK = 5 * BATCH

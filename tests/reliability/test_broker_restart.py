@@ -25,9 +25,10 @@ import pytest
 from pipelines.io.kafka import produce_lines
 from tests.reliability.conftest import reference_run
 from tests.reliability.fake_s3 import FakeS3, fake_s3
-from tests.reliability.harness import BATCH_EVENTS, Pipeline, committed_epoch, free_port, make_stream, run_args
+from tests.reliability.harness import BATCH_EVENTS, Pipeline, free_port, make_stream, run_args
 from tests.reliability.oracle import Counters, assert_equivalent, capture_chdb, check_conservation, kafka_lag, scrape
 from tests.reliability.persistent_broker import PersistentBroker
+from tests.support.recovery import committed_epoch
 
 pytestmark = pytest.mark.integration
 

@@ -34,9 +34,10 @@ from typing import Any
 import pytest
 
 from tests.reliability.conftest import Reference
-from tests.reliability.harness import Pipeline, Stream, committed_epoch, recovery_stamp, run_args
+from tests.reliability.harness import Pipeline, Stream, recovery_stamp, run_args
 from tests.reliability.oracle import assert_equivalent, capture_chdb, check_conservation
 from tests.support.chdb_http import ChdbHttpServer, ServerError
+from tests.support.recovery import committed_epoch
 
 pytestmark = pytest.mark.integration
 

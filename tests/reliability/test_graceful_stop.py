@@ -27,8 +27,9 @@ from pipelines.io.kafka import produce_lines
 from pipelines.kafka_tools import TansuBroker
 from tests.integration.conftest import _read_topic
 from tests.reliability.conftest import Reference
-from tests.reliability.harness import Pipeline, Stream, committed_epoch, free_port, run_args
+from tests.reliability.harness import Pipeline, Stream, free_port, run_args
 from tests.reliability.oracle import Counters, assert_equivalent, capture_chdb, diff_visible, kafka_lag, scrape
+from tests.support.recovery import committed_epoch
 
 pytestmark = pytest.mark.integration
 
@@ -145,3 +146,39 @@ def test_sigterm_while_users_await_their_score_cadence_resumes_to_reference_scor
     assert (first.events_in, second.events_in) == (600, len(lines) - 600)
     problems = diff_visible(capture_chdb(tmp_path / "s"), capture_chdb(tmp_path / "ref"))
     assert not problems, "\n".join(problems)
+
+
+def test_sigterm_to_a_local_cluster_drains_every_member_and_the_restart_loses_nothing(
+    kafka_broker: TansuBroker, tmp_path: Path
+) -> None:
+    """``lifecycle run --processes 2``: the parent forwards SIGTERM, both members drain and exit 0."""
+    from pipelines.io.store import HttpStore
+    from tests.reliability.harness import make_stream
+    from tests.support.chdb_http import ChdbHttpServer
+
+    stream = make_stream(users=1500, days=10, seed=21)
+    topic = kafka_broker.create_topic(partitions=2)
+    assert produce_lines(kafka_broker.bootstrap, topic, stream.lines) == len(stream.lines)
+    recovery = tmp_path / "recovery"
+    with ChdbHttpServer(tmp_path / "data") as srv:
+        args = [*run_args(f"kafka://{kafka_broker.bootstrap}/{topic}", srv.url, recovery=recovery), "--processes", "2"]
+        with Pipeline(args, workdir=tmp_path / "runs", summary=False) as pipe:
+            reached = pipe.until(lambda: committed_epoch(recovery) >= 3, what="3 committed epochs")
+            assert reached, pipe.log()
+            pipe.sigterm()
+            assert pipe.wait(120) == 0, pipe.log()  # every member drained: a clean exit, not a kill
+            out = pipe.log(50_000)
+        assert "forwarding it to 2 cluster process(es)" in out
+        assert out.count(SIGTERM_LOG) == 2, out  # one drain per member
+        # the restart reads the rest to the end: every user and every dead letter is there, once under FINAL
+        env = {"LIFECYCLE_KAFKA_EOF_EXIT": "true"}
+        with Pipeline(args, workdir=tmp_path / "runs", env=env, summary=False) as rest:
+            assert rest.wait(300) == 0, rest.log()
+        store = HttpStore(srv.url)
+        try:
+            users = store.query("SELECT count() AS n, uniqExact(user_id) AS u FROM user_scores FINAL").to_pylist()[0]
+            dead = store.query("SELECT count() AS n FROM rejected_events FINAL").to_pylist()[0]["n"]
+        finally:
+            store.close()
+    assert users["n"] == users["u"] == stream.expected.users
+    assert dead == stream.expected.dead_letters
