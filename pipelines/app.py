@@ -82,7 +82,11 @@ def make_source(
 
         lag = metrics.kafka_lag if metrics is not None else None
         return KafkaBatchSource.from_url(s.input, settings=s, clock=clock, lag_gauge=lag), "kafka", None
-    return FileSource([Path(p) for p in s.input.split(",")], batch_events=s.batch_events, clock=clock), "file", None
+    paths = [Path(p) for p in s.input.split(",")]
+    # a line longer than an event may be is read only as far as the decoder needs to reject it (oversized)
+    max_line = max(s.max_event_bytes + 1, 4096)
+    source = FileSource(paths, batch_events=s.batch_events, clock=clock, max_line_bytes=max_line)
+    return source, "file", None
 
 
 def kafka_outputs(s: Settings) -> dict[str, Any]:

@@ -32,10 +32,25 @@ def _open(path: Path) -> io.BufferedIOBase:
     return open(path, "rb")  # noqa: SIM115 - closed by the partition
 
 
+#: Longest line a file source holds in memory. A longer line is read as its first bytes (the decoder
+#: rejects it as oversized, a dead letter with its file and line) and the rest is skipped in chunks, so
+#: a multi-gigabyte line without a newline cannot exhaust memory.
+MAX_LINE_BYTES = 1 << 20
+_SKIP_CHUNK = 1 << 20
+
+
 class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
     """Reads NDJSON lines in batches; state = (byte offset, lines read)."""
 
-    def __init__(self, path: Path, batch_events: int, resume: tuple[int, int] | None, clock: Clock) -> None:
+    def __init__(
+        self,
+        path: Path,
+        batch_events: int,
+        resume: tuple[int, int] | None,
+        clock: Clock,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ) -> None:
+        self._max_line = max_line_bytes
         self._path = path
         self._name = str(path)
         self._batch = batch_events
@@ -55,11 +70,15 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         pos, line_no = self._pos, self._line
         readline = self._buf.readline
         while len(lines) < self._batch:
-            raw = readline()
+            raw = readline(self._max_line)
             if not raw:
                 self._done = True
                 break
             pos += len(raw)
+            if len(raw) == self._max_line and not raw.endswith(b"\n"):
+                while (rest := readline(_SKIP_CHUNK)) and not rest.endswith(b"\n"):
+                    pos += len(rest)  # the rest of an over-long line: skipped, never held
+                pos += len(rest)
             line_no += 1
             stripped = raw.rstrip(b"\r\n")
             if stripped.strip():  # blank lines are not events
@@ -82,19 +101,27 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
 class FileSource(FixedPartitionedSource[RawBatch, tuple[int, int]]):
     """NDJSON file(s), optionally gzip-compressed; one partition per file. Ends at EOF."""
 
-    def __init__(self, paths: list[Path], *, batch_events: int = 20_000, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        paths: list[Path],
+        *,
+        batch_events: int = 20_000,
+        clock: Clock = time.time,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ) -> None:
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"input file(s) not found: {', '.join(missing)}")
         self._paths = {str(p): p for p in paths}
         self._batch = batch_events
         self._clock = clock
+        self._max_line = max_line_bytes
 
     def list_parts(self) -> list[str]:
         return list(self._paths)
 
     def build_part(self, step_id: str, for_part: str, resume_state: tuple[int, int] | None) -> _FilePartition:
-        return _FilePartition(self._paths[for_part], self._batch, resume_state, self._clock)
+        return _FilePartition(self._paths[for_part], self._batch, resume_state, self._clock, self._max_line)
 
 
 class _IterPartition(StatefulSourcePartition[RawBatch, int]):
@@ -140,9 +167,11 @@ class IteratorSource(FixedPartitionedSource[RawBatch, int]):
         return _IterPartition(self._name, self._factory, resume_state or 0, self._clock)
 
 
-def read_batches(path: Path, *, batch_events: int = 100_000, clock: Clock = time.time) -> Iterator[RawBatch]:
+def read_batches(
+    path: Path, *, batch_events: int = 100_000, clock: Clock = time.time, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[RawBatch]:
     """The same batches a :class:`FileSource` would emit, outside Bytewax (offline jobs)."""
-    part = _FilePartition(path, batch_events, None, clock)
+    part = _FilePartition(path, batch_events, None, clock, max_line_bytes)
     try:
         while True:
             try:

@@ -193,6 +193,31 @@ def test_ten_megabyte_payload_is_rejected_as_oversized_without_being_copied() ->
     assert d.events.offsets.tolist() == [1, 3]
 
 
+def test_a_file_line_of_64_megabytes_is_read_only_as_far_as_the_decoder_needs(tmp_path: Path) -> None:
+    """A huge line without a newline (a broken export) must not be held in memory whole."""
+    from pipelines.io.sources import read_batches
+
+    limit = DecodeLimits().max_event_bytes
+    good = encode({"event_id": "ok", "user_id": "u2", "ts": T0, "type": "share", "channel": "app"})
+    path = tmp_path / "export.jsonl"
+    with path.open("wb") as fh:
+        fh.write(good + b"\n" + b'{"event_id": "big", "props": "')
+        for _ in range(64):
+            fh.write(b"y" * (1 << 20))
+        fh.write(b'"}\n' + good.replace(b'"ok"', b'"ok2"') + b"\n")
+    tracemalloc.start()
+    try:
+        batches = list(read_batches(path, batch_events=10, max_line_bytes=limit + 1))
+        d = decode_batch(batches[0], now_ms=NOW)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4_000_000  # far below the 64 MB line
+    assert len(batches) == 1 and batches[0].offsets.tolist() == [1, 2, 3]  # line numbers stay exact
+    assert [(r.offset, r.reason) for r in d.rejects] == [(2, RejectReason.OVERSIZED)]
+    assert d.events.offsets.tolist() == [1, 3]
+
+
 # --------------------------------------------------------------------------- the corpus
 
 _BASE = {"event_id": "h", "user_id": "hostile-user", "ts": T0, "type": "page_view", "channel": "wecom"}
