@@ -49,18 +49,20 @@ class ConsentFilter:
         self._no_marketing = _sorted_keys(quiet)
         self._loaded_at = self._clock()
 
-    def keep(self, ev: EventColumns) -> npt.NDArray[np.bool_]:
-        """Mask of events whose user has not opted out."""
+    def _refresh_if_due(self) -> None:
         if self._clock() - self._loaded_at >= self._refresh:
             self._reload()
+
+    def keep(self, ev: EventColumns) -> npt.NDArray[np.bool_]:
+        """Mask of events whose user has not opted out."""
+        self._refresh_if_due()
         if self._keys.shape[0] == 0 or len(ev) == 0:
             return np.ones(len(ev), bool)
         return ~np.isin(ev.user_key, self._keys)
 
     def marketing_ok(self, user_keys: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         """Mask of users who did not refuse marketing (playbooks: ``marketing_consent``)."""
-        if self._clock() - self._loaded_at >= self._refresh:
-            self._reload()
+        self._refresh_if_due()
         if self._no_marketing.shape[0] == 0:
             return np.ones(user_keys.shape[0], bool)
         return ~np.isin(user_keys, self._no_marketing)

@@ -180,6 +180,7 @@ def erase_from_recovery(recovery_dir: Path, user_ids: Iterable[str]) -> int:
     import sqlite3
 
     from pipelines.events import hash_strings
+    from pipelines.playbooks import ActionLedger
     from pipelines.state import ShardState
 
     ids = np.array([normalize_user_id(u) for u in user_ids], dtype=object)
@@ -207,10 +208,9 @@ def erase_from_recovery(recovery_dir: Path, user_ids: Iterable[str]) -> int:
                 snap["pending"] = snap["pending"][~np.isin(snap["pending"], gone)]
                 led = snap.get("ledger")
                 if led is not None:  # the users' action history (playbooks) goes too
-                    hit = state_rows[(state_rows >= 0) & (state_rows < led["given"].shape[0])]
-                    led["given"][hit] = 0
-                    led["current"][hit] = -1
-                    led["rule"][hit] = -1
+                    ledger = ActionLedger.restore(led, tuple(led["actions"]), tuple(led["rules"]))
+                    ledger.clear(state_rows)
+                    snap["ledger"] = ledger.snapshot(led["given"].shape[0])
                 db.execute(
                     "UPDATE snaps SET ser_change = ? WHERE step_id = ? AND state_key = ? AND snap_epoch = ?",
                     (pickle.dumps(snap, protocol=pickle.HIGHEST_PROTOCOL), step_id, key, epoch),

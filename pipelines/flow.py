@@ -40,7 +40,7 @@ from pipelines.io.sinks import StoreSink
 from pipelines.io.store import Store
 from pipelines.metrics import PipelineMetrics
 from pipelines.playbooks import decide, playbook_context
-from pipelines.records import Labels, Records, reject_records, score_records
+from pipelines.records import Labels, Records, action_columns, reject_records, score_records
 from pipelines.scoring import Scorer
 from pipelines.shard import ShardConfig, ShardProcessor, ShardResult
 
@@ -225,7 +225,7 @@ class ScoreStep:
         self.metrics.batches.labels(step="score").inc()
         count_transitions(self.metrics, rows.prev_stage, rows.stage, self._stage_names)
         count_actions(self.metrics, acts.action[acts.granted], self.playbook.action_names)
-        labels = Labels(tax, self.playbook, proc.ledger, tiers, risk, acts)
+        labels = Labels(tax, tiers, risk, action_columns(self.playbook, proc.ledger, acts))
         return score_records(rows, scores, labels, self.scorer.model_version, int(self.clock() * 1000))
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,13 @@ from pipelines.rules import (
     Vocabulary,
     check_type,
     compile_condition,
+    did_you_mean,
     error_at,
     load_yaml,
     need,
     only_keys,
 )
-from pipelines.taxonomy import CONFIG_DIR, SCORES, Taxonomy, parse_params, resolve
+from pipelines.taxonomy import CONFIG_DIR, SCORES, FeatureContext, Taxonomy, parse_params, resolve
 
 PLAYBOOK_DIR = CONFIG_DIR / "playbooks"
 DEFAULT_PLAYBOOK = "lifecycle-5"
@@ -96,6 +98,11 @@ class Playbook:
     def rule_ids(self) -> tuple[str, ...]:
         return tuple(r.id for r in self.rules)
 
+    @cached_property
+    def rule_actions(self) -> npt.NDArray[np.int64]:
+        """Each rule's action code, by rule position (-1 = none)."""
+        return np.array([r.action for r in self.rules], np.int64)
+
     def cap_share(self, action: int, shard: int, shards: int) -> int | None:
         """This shard's part of an action's daily cap (the parts add up to the cap)."""
         cap = self.actions[action].daily_cap
@@ -114,12 +121,7 @@ def vocabulary(taxonomy: Taxonomy, params: Mapping[str, float]) -> Vocabulary:
     """Names a playbook rule may use."""
 
     def check_reason(name: str) -> str | None:
-        if name in INDEX:
-            return None
-        import difflib
-
-        close = difflib.get_close_matches(name, FEATURE_NAMES, n=1)
-        return "not a feature name" + (f" (did you mean {close[0]!r}?)" if close else "")
+        return None if name in INDEX else "not a feature name" + did_you_mean(name, FEATURE_NAMES)
 
     def has_reason(ctx: Mapping[str, npt.NDArray[Any]], name: str) -> npt.NDArray[np.bool_]:
         top = ctx["reason_features"]
@@ -357,7 +359,8 @@ def decide(
 ) -> Decisions:
     """Choose actions for the state ``rows`` (unique) scored at ``now_ms``; update the ledger.
 
-    Rows not ``eligible`` get no new action (they report their current one).
+    Rows not ``eligible`` get no new action (they report their current one). The ledger is
+    the one built for ``pb`` (its rule codes are positions in ``pb.rules``).
     """
     n = rows.shape[0]
     if n == 0:
@@ -395,11 +398,11 @@ def decide(
     granted = chosen >= 0
     if granted.any():
         gr = rows[granted]
-        pos_arr = chosen[granted]
-        acts = np.array([r.action for r in pb.rules], np.int64)[pos_arr]
+        rule_pos = chosen[granted]
+        acts = pb.rule_actions[rule_pos]
         ledger.given[gr, acts] = np.uint32(now_ms // 1000)
         ledger.current[gr] = acts.astype(np.int8)
-        ledger.rule[gr] = np.array([ledger.rules.index(r.id) for r in pb.rules], np.int16)[pos_arr]
+        ledger.rule[gr] = rule_pos.astype(np.int16)
     return Decisions(ledger.current[rows].copy(), ledger.rule[rows].copy(), ledger.at_ms(rows), granted)
 
 
@@ -416,8 +419,6 @@ def playbook_context(
     reason_features: npt.NDArray[np.int16],
 ) -> Mapping[str, npt.NDArray[Any]]:
     """The columns a playbook rule reads (features by name plus the decision inputs)."""
-    from pipelines.taxonomy import FeatureContext
-
     return FeatureContext(
         features,
         {

@@ -32,30 +32,40 @@ class Records:
     read_at_ms: int = 0
 
 
+#: The playbook/action columns of ``user_scores`` and ``stage_transitions``, with their Arrow types.
+ACTION_COLUMNS: dict[str, pa.DataType] = {
+    "playbook": pa.string(),
+    "playbook_version": pa.uint32(),
+    "action": pa.string(),
+    "action_rule": pa.string(),
+    "action_at": _TS,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Labels:
-    """What a score row is labelled with besides the model's output: taxonomy, playbook, actions."""
+    """What a score row is labelled with besides the model's output.
+
+    ``actions``: the :data:`ACTION_COLUMNS` for the rows, as :func:`action_columns`
+    builds them from the playbook's decisions (the flow) or as read from the store
+    (a rescore keeps the stream's decisions).
+    """
 
     taxonomy: Taxonomy
-    playbook: Playbook
-    ledger: ActionLedger
     tiers: npt.NDArray[np.int8]
     at_risk: npt.NDArray[np.bool_]
-    actions: Decisions
+    actions: dict[str, pa.Array]
 
 
-def action_columns(labels: Labels, n: int) -> dict[str, pa.Array]:
-    """The taxonomy/playbook/action columns shared by ``user_scores`` and ``stage_transitions``."""
-    tax, pb, d = labels.taxonomy, labels.playbook, labels.actions
-    at = d.at_ms
+def action_columns(pb: Playbook, ledger: ActionLedger, d: Decisions) -> dict[str, pa.Array]:
+    """:data:`ACTION_COLUMNS` of the playbook's decisions, one value per scored row."""
+    n = d.action.shape[0]
     return {
-        "taxonomy": pa.array(np.full(n, tax.name, object), pa.string()),
-        "taxonomy_version": pa.array(np.full(n, tax.version, np.uint32), pa.uint32()),
-        "playbook": pa.array(np.full(n, pb.name, object), pa.string()),
-        "playbook_version": pa.array(np.full(n, pb.version, np.uint32), pa.uint32()),
-        "action": pa.array(action_names(pb, d.action), pa.string()),
-        "action_rule": pa.array(rule_names(labels.ledger, d.rule), pa.string()),
-        "action_at": pa.array(at, _TS, mask=d.action < 0),
+        "playbook": pa.array(np.full(n, pb.name, object), ACTION_COLUMNS["playbook"]),
+        "playbook_version": pa.array(np.full(n, pb.version, np.uint32), ACTION_COLUMNS["playbook_version"]),
+        "action": pa.array(action_names(pb, d.action), ACTION_COLUMNS["action"]),
+        "action_rule": pa.array(rule_names(ledger, d.rule), ACTION_COLUMNS["action_rule"]),
+        "action_at": pa.array(d.at_ms, ACTION_COLUMNS["action_at"], mask=d.action < 0),
     }
 
 
@@ -77,7 +87,12 @@ def score_records(
     stage = stage_names[rows.stage]
     reasons = scores.reasons
     version = np.full(n, rows.version, np.uint64)
-    acts = action_columns(labels, n)
+    tax = labels.taxonomy
+    acts = {
+        "taxonomy": pa.array(np.full(n, tax.name, object), pa.string()),
+        "taxonomy_version": pa.array(np.full(n, tax.version, np.uint32), pa.uint32()),
+        **labels.actions,
+    }
     user_scores = pa.table(
         {
             "user_id": pa.array(rows.user_id, pa.string()),

@@ -66,8 +66,7 @@ from pipelines.erasure import opted_out_users
 from pipelines.events import EventColumns, hash_strings
 from pipelines.features import compute_features
 from pipelines.io.store import Store, record_model_version
-from pipelines.playbooks import ActionLedger, Decisions, Playbook
-from pipelines.records import Labels, score_records
+from pipelines.records import ACTION_COLUMNS, Labels, score_records
 from pipelines.scoring import Scorer, Scores
 from pipelines.shard import FeatureRows
 from pipelines.stages import default_taxonomy
@@ -83,11 +82,9 @@ PAGES_IN_FLIGHT = 2
 
 _PAGE_SQL = (
     "SELECT user_id, version, toInt64(toUnixTimestamp64Milli(last_event_at)) AS last_event_ms, "
-    "playbook, playbook_version, action, action_rule, action_at "
+    f"{', '.join(ACTION_COLUMNS)} "
     "FROM user_scores FINAL WHERE user_id > {after:String} ORDER BY user_id LIMIT {n:UInt64}"
 )
-#: carried over from the store's row: actions are decided by the stream (module docstring)
-_CARRIED = ("playbook", "playbook_version", "action", "action_rule", "action_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +209,6 @@ class _Writer:
         self.st = st
         self.as_of = as_of
         self.taxonomy = taxonomy
-        self.playbook = _carrier_playbook(taxonomy)
         self.clock = clock
 
     def select(self, tbl: pa.Table, opted: frozenset[str], counts: dict[str, int]) -> _Page:
@@ -234,7 +230,7 @@ class _Writer:
         counts["newer"] += int((newer & ~opted_mask).sum())
         sel = rows[keep]
         feats = compute_features(st, sel, self.as_of)  # an empty page gives a 0 x N_FEATURES matrix
-        carried = tbl.select(list(_CARRIED)).filter(pa.array(keep))
+        carried = tbl.select(list(ACTION_COLUMNS)).filter(pa.array(keep))
         return _Page(str(ids[-1]), sel, feats, carried)
 
     def write(self, page: _Page, fut: Future[Scores], counts: dict[str, int]) -> None:
@@ -258,25 +254,11 @@ class _Writer:
         )
         tiers = tax.assign_tiers(page.features, scores.churn_risk, scores.purchase_propensity)
         risk = tax.at_risk(page.features, stage, scores.churn_risk, scores.purchase_propensity)
-        none = Decisions(
-            np.full(n, -1, np.int8), np.full(n, -1, np.int16), np.full(n, NEVER, np.int64), np.zeros(n, bool)
-        )
-        ledger = ActionLedger(self.playbook.action_names, self.playbook.rule_ids())
-        labels = Labels(tax, self.playbook, ledger, tiers, risk, none)
+        # the stream's action decisions stay as they are (module docstring)
+        kept = {c: page.carried.column(c).combine_chunks().cast(t) for c, t in ACTION_COLUMNS.items()}
+        labels = Labels(tax, tiers, risk, kept)
         recs = score_records(fr, scores, labels, self.scorer.model_version, int(self.clock() * 1000))
         for r in recs:
             if r.table == "user_scores":
-                data = r.data
-                for col in _CARRIED:  # the stream's action decisions stay as they are
-                    data = data.set_column(
-                        data.schema.get_field_index(col),
-                        col,
-                        page.carried.column(col).cast(data.schema.field(col).type),
-                    )
-                self.store.insert("user_scores", data)
+                self.store.insert("user_scores", r.data)
         counts["rescored"] += n
-
-
-def _carrier_playbook(taxonomy: Taxonomy) -> Playbook:
-    """An action-less playbook: rescored rows take their action columns from the store instead."""
-    return Playbook(name="", version=1, taxonomy=taxonomy.name, actions=(), rules=(), quiet_ms=0, day_offset_ms=0)

@@ -66,6 +66,12 @@ class Located:
         return RuleError(f"{self.path}:{self.line(*key)}: {dotted(key)}: {problem}")
 
 
+def did_you_mean(name: str, known: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or ``""``: a typo names its fix."""
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def dotted(key: Sequence[str | int]) -> str:
     """``("stages", 0, "when")`` -> ``stages[0].when``."""
     out = ""
@@ -148,7 +154,6 @@ class Condition:
     """A compiled condition: ``evaluate(ctx, n)`` -> boolean column of ``n`` rows."""
 
     source: str
-    names: frozenset[str]  # the context columns it reads
     #: (name, op, constant) for every comparison of a name with a constant (e.g. for timers)
     thresholds: tuple[tuple[str, str, float], ...]
     _fn: Fn
@@ -215,7 +220,7 @@ def compile_condition(source: Any, vocab: Vocabulary, where: Callable[[str], Rul
         raise where(f"expected a condition (a string such as 'days_since_active >= 14'), got {source!r}")
     text = source.strip()
     if text in ALWAYS:
-        return Condition(text, frozenset(), (), lambda ctx, n: np.ones(n, bool))
+        return Condition(text, (), lambda ctx, n: np.ones(n, bool))
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as err:
@@ -224,7 +229,7 @@ def compile_condition(source: Any, vocab: Vocabulary, where: Callable[[str], Rul
     node = c.visit(tree.body)
     if node.kind != "bool":
         raise where(f"{text!r} is a {_KIND_WORD[node.kind]}, not a condition (compare it with something)")
-    return Condition(text, frozenset(c.names), tuple(c.thresholds), node.fn)
+    return Condition(text, tuple(c.thresholds), node.fn)
 
 
 _KIND_WORD = {"num": "number", "bool": "condition", "cat": "category", "str": "string", "strs": "list of strings"}
@@ -234,7 +239,6 @@ class _Compiler:
     def __init__(self, vocab: Vocabulary, where: Callable[[str], RuleError]) -> None:
         self.v = vocab
         self.where = where
-        self.names: set[str] = set()
         self.thresholds: list[tuple[str, str, float]] = []
 
     def fail(self, problem: str) -> RuleError:
@@ -303,19 +307,14 @@ class _Compiler:
             b = name == "true"
             return _Node("bool", _const(np.bool_(b)), const=b, is_const=True)
         if name in v.numbers:
-            self.names.add(name)
             return _Node("num", lambda ctx, n: ctx[name])
         if name in v.flags:
-            self.names.add(name)
             return _Node("bool", lambda ctx, n: ctx[name])
         if name in v.categories:
-            self.names.add(name)
             return _Node("cat", lambda ctx, n: ctx[name], category=name)
         if name in v.unavailable:
             raise self.fail(f"{name!r} cannot be used here: {v.unavailable[name]}")
-        close = difflib.get_close_matches(name, v.all_names(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise self.fail(f"unknown name {name!r}{hint}")
+        raise self.fail(f"unknown name {name!r}{did_you_mean(name, v.all_names())}")
 
     def _num(self, node: ast.expr) -> _Node:
         out = self.visit(node)
@@ -404,7 +403,6 @@ class _Compiler:
         problem = check(arg)
         if problem:
             raise self.fail(f"{node.func.id}({arg!r}): {problem}")
-        self.names.add(node.func.id)
         return _Node("bool", lambda ctx, n: impl(ctx, arg))
 
 
@@ -432,6 +430,4 @@ def only_keys(doc: Located, obj: Mapping[str, Any], allowed: Sequence[str], at: 
     """Unknown keys are errors (a typo must not silently drop a setting)."""
     for k in obj:
         if k not in allowed:
-            close = difflib.get_close_matches(k, allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise doc.error((*at, k), f"unknown field {k!r}{hint}; allowed: {', '.join(allowed)}")
+            raise doc.error((*at, k), f"unknown field {k!r}{did_you_mean(k, allowed)}; allowed: {', '.join(allowed)}")

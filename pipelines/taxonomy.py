@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -96,39 +95,29 @@ class Taxonomy:
     source: str = ""
     fingerprint: str = ""
 
-    @cached_property
-    def stage_category(self) -> Category:
-        return Category(self.stages)
-
     def assign_stages(self, f: F32) -> npt.NDArray[np.int8]:
         """Stage code per feature row: the first stage (in precedence order) whose rule holds."""
-        n = f.shape[0]
-        ctx = FeatureContext(f)
-        out = np.full(n, self.precedence[-1], np.int8)
-        undecided = np.ones(n, bool)
-        for code in self.precedence[:-1]:
-            hit = self.stage_rules[code].evaluate(ctx, n) & undecided
-            out[hit] = code
-            undecided &= ~hit
-        return out
+        return _first_match(FeatureContext(f), f.shape[0], [(c, self.stage_rules[c]) for c in self.precedence])
 
     def assign_tiers(self, f: F32, churn_risk: F32, propensity: F32) -> npt.NDArray[np.int8]:
-        n = f.shape[0]
+        """Tier code per row: the first tier (in file order) whose rule holds."""
         ctx = FeatureContext(f, {"churn_risk": churn_risk, "purchase_propensity": propensity})
-        out = np.full(n, len(self.tiers) - 1, np.int8)
-        undecided = np.ones(n, bool)
-        for code, rule in enumerate(self.tier_rules[:-1]):
-            hit = rule.evaluate(ctx, n) & undecided
-            out[hit] = code
-            undecided &= ~hit
-        return out
+        return _first_match(ctx, f.shape[0], list(enumerate(self.tier_rules)))
 
     def at_risk(self, f: F32, stage: npt.NDArray[np.int8], churn_risk: F32, propensity: F32) -> npt.NDArray[np.bool_]:
         ctx = FeatureContext(f, {"churn_risk": churn_risk, "purchase_propensity": propensity, "stage": stage})
         return self.at_risk_rule.evaluate(ctx, f.shape[0]).copy()
 
-    def code(self, stage: str) -> int:
-        return self.stages.index(stage)
+
+def _first_match(ctx: FeatureContext, n: int, ordered: list[tuple[int, Condition]]) -> npt.NDArray[np.int8]:
+    """Per row, the code of the first ``(code, rule)`` whose rule holds; the last entry is the fallback."""
+    out = np.full(n, ordered[-1][0], np.int8)
+    undecided = np.ones(n, bool)
+    for code, rule in ordered[:-1]:
+        hit = rule.evaluate(ctx, n) & undecided
+        out[hit] = code
+        undecided &= ~hit
+    return out
 
 
 def feature_vocab(params: Mapping[str, float], **kw: Any) -> Vocabulary:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,20 @@ def _changed_line(before: str, after: str) -> int:
     return max(i for i, (a, b) in enumerate(pairs, 1) if a != b)
 
 
+def _assert_edit_is_refused_at_its_line(
+    path: Path, good: str, old: str, new: str, field: str, message: str, load: Callable[[Path], object]
+) -> None:
+    """Write ``good`` with ``old`` replaced by ``new``; loading it must fail at that line and field."""
+    assert old in good, old
+    text = good.replace(old, new, 1)
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(RuleError) as err:
+        load(path)
+    line = _changed_line(good, text)
+    assert str(err.value).startswith(f"{path}:{line}: {field}: "), str(err.value)
+    assert message in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("old", "new", "field", "message"),
     [
@@ -188,15 +203,7 @@ def _changed_line(before: str, after: str) -> int:
 def test_taxonomy_errors_name_the_file_line_and_field(
     tmp_path: Path, old: str, new: str, field: str, message: str
 ) -> None:
-    assert old in GOOD, old
-    text = GOOD.replace(old, new, 1)
-    path = tmp_path / "bad.yaml"
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(RuleError) as err:
-        load_taxonomy(path)
-    line = _changed_line(GOOD, text)
-    assert str(err.value).startswith(f"{path}:{line}: {field}: "), str(err.value)
-    assert message in str(err.value)
+    _assert_edit_is_refused_at_its_line(tmp_path / "bad.yaml", GOOD, old, new, field, message, load_taxonomy)
 
 
 def test_yaml_syntax_errors_name_the_file_and_line(tmp_path: Path) -> None:
@@ -243,15 +250,10 @@ PLAYBOOK = (TAXONOMY_DIR.parent / "playbooks" / "lifecycle-5.yaml").read_text(en
 def test_playbook_errors_name_the_file_line_and_field(
     tmp_path: Path, old: str, new: str, field: str, message: str
 ) -> None:
-    assert old in PLAYBOOK, old
-    text = PLAYBOOK.replace(old, new, 1)
-    path = tmp_path / "bad-playbook.yaml"
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(RuleError) as err:
-        load_playbook(path, load_taxonomy("lifecycle-5"))
-    line = _changed_line(PLAYBOOK, text)
-    assert str(err.value).startswith(f"{path}:{line}: {field}: "), str(err.value)
-    assert message in str(err.value)
+    def load(path: Path) -> object:
+        return load_playbook(path, load_taxonomy("lifecycle-5"))
+
+    _assert_edit_is_refused_at_its_line(tmp_path / "bad-playbook.yaml", PLAYBOOK, old, new, field, message, load)
 
 
 def test_run_refuses_to_start_with_an_invalid_taxonomy_and_says_where(tmp_path: Path) -> None:
