@@ -29,15 +29,15 @@ import pyarrow as pa
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from prometheus_client import CollectorRegistry
 
-from pipelines.app import open_migrated_store, run_pipeline
-from pipelines.events import TYPE_CODE, EventColumns, RawBatch, hash_strings
-from pipelines.io.sources import IteratorSource
-from pipelines.io.store import ChdbStore
-from pipelines.playbooks import ActionLedger
+from pipelines.contract.events import TYPE_CODE, EventColumns, RawBatch, hash_strings
+from pipelines.core.defaults import default_playbook
+from pipelines.core.playbook import ActionLedger
+from pipelines.core.state import ShardState
+from pipelines.flow.runner import open_migrated_store, run_pipeline
+from pipelines.io.files import IteratorSource
+from pipelines.io.store.base import ChdbStore
+from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate, to_ndjson_bytes
 from pipelines.settings import Settings
-from pipelines.simulate import SimConfig, iter_ndjson_batches, simulate, to_ndjson_bytes
-from pipelines.stages import default_playbook
-from pipelines.state import ShardState
 
 
 def emit(name: str, value: float, unit: str, **extra: object) -> None:
@@ -115,7 +115,7 @@ def bench_snapshot(n_users: int) -> None:
     """What one Bytewax epoch snapshot of a shard costs (pickle of the copied arrays) and a resume."""
     import pickle
 
-    from pipelines.shard import ShardConfig, ShardProcessor
+    from pipelines.core.shard import ShardConfig, ShardProcessor
 
     proc = ShardProcessor(ShardConfig())
     step = 250_000

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipelines.io.store import ChdbStore, HttpStore, Store
+from pipelines.io.store.base import ChdbStore, HttpStore, Store
 from pipelines.settings import DEFAULT_SQL
 from tests.support.chdb_http import ChdbHttpServer
 

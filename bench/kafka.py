@@ -31,12 +31,12 @@ from typing import Any
 import torch
 from prometheus_client import CollectorRegistry
 
-from pipelines.app import run_pipeline
-from pipelines.io.kafka import KafkaBatchSource
-from pipelines.io.sources import IteratorSource
-from pipelines.kafka_tools import TansuBroker, produce_events
+from pipelines.flow.runner import run_pipeline
+from pipelines.io.files import IteratorSource
+from pipelines.io.kafka.source import KafkaBatchSource
+from pipelines.io.kafka.tools import TansuBroker, produce_events
+from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
 from pipelines.settings import Settings
-from pipelines.simulate import SimConfig, iter_ndjson_batches, simulate
 
 _TICK = os.sysconf("SC_CLK_TCK")
 

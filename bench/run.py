@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 
-from pipelines.app import run_pipeline
-from pipelines.events import RawBatch, decode_batch
-from pipelines.flow import split_by_shard
-from pipelines.scoring import DEFAULT_MODEL_DIR, Scorer
+from pipelines.contract.events import RawBatch, decode_batch
+from pipelines.core.shard import ShardConfig, ShardProcessor
+from pipelines.flow.dataflow import split_by_shard
+from pipelines.flow.runner import run_pipeline
+from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
+from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, Scorer
 from pipelines.settings import Settings
-from pipelines.shard import ShardConfig, ShardProcessor
-from pipelines.simulate import SimConfig, iter_ndjson_batches, simulate
 
 
 def emit(name: str, value: float, unit: str, **extra: object) -> None:

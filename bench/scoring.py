@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.features import FEATURE_NAMES, schema_hash
-from pipelines.scoring import DEFAULT_MODEL_DIR, FusedWeights, Scorer, fused_forward, top_positive
+from pipelines.core.features import FEATURE_NAMES, schema_hash
+from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, FusedWeights, Scorer, fused_forward, top_positive
 
 BATCHES = (1, 16, 256, 1024, 4096, 65536, 262144)
 MODES = ("probs", "top3", "reasons")
@@ -47,10 +47,10 @@ def emit(name: str, value: float, unit: str, **extra: object) -> None:
 
 def simulated_features(users: int) -> np.ndarray:
     """Every simulated user's features at the end of a 30-day history (what the stream scores)."""
-    from pipelines.batch import sort_by_time, state_as_of
-    from pipelines.events import EventColumns, RawBatch, decode_batch
-    from pipelines.features import compute_features
-    from pipelines.simulate import SimConfig, iter_ndjson_batches, simulate
+    from pipelines.contract.events import EventColumns, RawBatch, decode_batch
+    from pipelines.core.features import compute_features
+    from pipelines.offline.history import sort_by_time, state_as_of
+    from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
 
     sim = simulate(SimConfig(users=users, days=30))
     parts = [

@@ -1,6 +1,6 @@
 """One frozen settings object for the whole pipeline, read from ``LIFECYCLE_*`` env vars.
 
-CLI flags override fields (see :mod:`pipelines.cli`, which shows the env var
+CLI flags override fields (see :mod:`pipelines.cli.main`, which shows the env var
 behind every flag). Secrets are ``SecretStr`` and never printed.
 """
 
@@ -11,10 +11,10 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipelines.io.retry import RetryPolicy
-from pipelines.playbooks import Playbook, load_playbook
-from pipelines.shard import ShardConfig
-from pipelines.taxonomy import Taxonomy, load_taxonomy
+from pipelines.core.playbook import Playbook, load_playbook
+from pipelines.core.shard import ShardConfig
+from pipelines.core.taxonomy import Taxonomy, load_taxonomy
+from pipelines.io.store.retry import RetryPolicy
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "artifacts" / "default"
 DEFAULT_SQL = Path(__file__).resolve().parent.parent / "sql" / "migrations"
@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     @field_validator("kafka_start")
     @classmethod
     def _kafka_start(cls, v: str) -> str:
-        from pipelines.io.kafka import parse_kafka_start
+        from pipelines.io.kafka.source import parse_kafka_start
 
         parse_kafka_start(v)  # ValueError names the accepted forms
         return v
@@ -142,14 +142,14 @@ class Settings(BaseSettings):
     @field_validator("dead_letter_topic", "transitions_topic")
     @classmethod
     def _kafka_topic_url(cls, v: str | None) -> str | None:
-        from pipelines.io.kafka import parse_kafka_url
+        from pipelines.io.kafka.source import parse_kafka_url
 
         if v is not None:
             parse_kafka_url(v)
         return v
 
     def load_taxonomy(self) -> Taxonomy:
-        """The configured taxonomy, validated (:class:`~pipelines.rules.RuleError` names file, line, field)."""
+        """The configured taxonomy, validated (:class:`~pipelines.core.rules.RuleError` names file, line, field)."""
         return load_taxonomy(self.taxonomy)
 
     def load_playbook(self, taxonomy: Taxonomy) -> Playbook:
@@ -157,7 +157,7 @@ class Settings(BaseSettings):
         return load_playbook(self.playbook or taxonomy.name, taxonomy)
 
     def store_retry(self) -> RetryPolicy:
-        """How the sink waits out an unavailable store (:mod:`pipelines.io.retry`)."""
+        """How the sink waits out an unavailable store (:mod:`pipelines.io.store.retry`)."""
         return RetryPolicy(
             initial_backoff_seconds=self.store_retry_initial_seconds,
             max_backoff_seconds=self.store_retry_max_seconds,

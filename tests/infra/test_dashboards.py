@@ -9,7 +9,7 @@ from types import ModuleType
 import yaml
 from prometheus_client import CollectorRegistry
 
-from pipelines.metrics import PipelineMetrics
+from pipelines.monitoring.metrics import PipelineMetrics
 from tests.infra.dashboards import (
     CLICKHOUSE_TYPE,
     DASHBOARD_DIR,

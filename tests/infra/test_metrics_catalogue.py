@@ -6,7 +6,7 @@ import re
 
 from prometheus_client import CollectorRegistry
 
-from pipelines.metrics import PipelineMetrics
+from pipelines.monitoring.metrics import PipelineMetrics
 from tests.infra.dashboards import ROOT
 
 _EXPOSED_SUFFIX = {"counter": "_total", "info": "_info"}

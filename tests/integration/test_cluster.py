@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.io.store import HttpStore
-from pipelines.simulate import SimConfig, simulate, write_jsonl
+from pipelines.io.store.base import HttpStore
+from pipelines.offline.simulate import SimConfig, simulate, write_jsonl
 from tests.support.chdb_http import ChdbHttpServer
 
 SCORES = (
@@ -22,7 +22,7 @@ TRANSITIONS = "SELECT user_id, from_stage, to_stage, at FROM stage_transitions F
 def _run(events: Path, data: Path, *extra: str) -> tuple[list[dict], list[dict], int]:
     with ChdbHttpServer(data) as srv:
         cmd = [
-            sys.executable, "-m", "pipelines.cli", "run", "--input", str(events), "--store", srv.url,
+            sys.executable, "-m", "pipelines.cli.main", "run", "--input", str(events), "--store", srv.url,
             "--metrics-port", "0", "--shards", "4", "--batch-events", "2000", *extra,
         ]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

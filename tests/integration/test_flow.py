@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipelines.app import RunResult, run_pipeline
-from pipelines.io.store import ChdbStore
+from pipelines.core.defaults import STAGES
+from pipelines.flow.runner import RunResult, run_pipeline
+from pipelines.io.store.base import ChdbStore
+from pipelines.offline.simulate import SimConfig, simulate, write_jsonl
 from pipelines.settings import Settings
-from pipelines.simulate import SimConfig, simulate, write_jsonl
-from pipelines.stages import STAGES
 from tests.support.events import T0, line
 
 D = 86_400_000
@@ -150,7 +150,7 @@ def test_retried_events_are_counted_as_duplicates_and_change_no_score(tmp_path: 
 
 
 def test_opted_out_users_are_neither_scored_nor_written(tmp_path: Path) -> None:
-    from pipelines.erasure import set_consent
+    from pipelines.privacy.erasure import set_consent
 
     store = ChdbStore(tmp_path / "store.chdb")
     try:

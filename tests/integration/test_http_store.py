@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipelines.io.store import HttpStore, StoreError
+from pipelines.io.store.base import HttpStore, StoreError
 from pipelines.settings import DEFAULT_SQL, Settings
 from tests.support.chdb_http import ChdbHttpServer
 
@@ -118,8 +118,8 @@ def test_server_error_surfaces_as_store_error(store: HttpStore) -> None:
 
 
 def test_pipeline_writes_through_http_store(server: ChdbHttpServer) -> None:
-    from pipelines.app import run_pipeline
-    from pipelines.simulate import SimConfig, simulate
+    from pipelines.flow.runner import run_pipeline
+    from pipelines.offline.simulate import SimConfig, simulate
 
     s = Settings(input="simulate", sim_users=300, sim_days=10, store=server.url, metrics_port=0, shards=2)
     assert SimConfig().seed == s.sim_seed  # the comparison below simulates with the same seed the run used

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipelines.io.kafka import key_by_user_id, produce_lines
+from pipelines.io.kafka.source import key_by_user_id, produce_lines
 from pipelines.settings import Settings
 
 WIRED = {"dead_letter_topic", "transitions_topic"} <= set(Settings.model_fields)
@@ -29,7 +29,7 @@ pytestmark = [
 
 def _stream() -> tuple[list[bytes], dict[bytes, str], int]:
     """Simulated lines with bad ones sprinkled in, the bad payloads -> expected reason, and the users."""
-    from pipelines.simulate import SimConfig, iter_ndjson_batches, simulate
+    from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
 
     sim = simulate(SimConfig(users=300, days=10, seed=17))
     good = [line for batch in iter_ndjson_batches(sim.events, 10_000) for line in batch]
@@ -55,8 +55,8 @@ def _stream() -> tuple[list[bytes], dict[bytes, str], int]:
 def test_every_event_is_applied_or_dead_lettered_and_transitions_reach_their_topic(
     kafka_broker, read_topic, tmp_path: Path
 ) -> None:
-    from pipelines.app import run_pipeline
-    from pipelines.io.store import ChdbStore
+    from pipelines.flow.runner import run_pipeline
+    from pipelines.io.store.base import ChdbStore
 
     lines, bad, n_users = _stream()
     bootstrap = kafka_broker.bootstrap

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipelines.events import RawBatch, Rejection, RejectReason, decode_batch
-from pipelines.flow import ScoreStep, split_by_shard
-from pipelines.io.kafka_sinks import KafkaDeadLetterSink, KafkaSinkError, KafkaTransitionsSink, transition_messages
-from pipelines.metrics import PipelineMetrics
-from pipelines.records import Records
-from pipelines.scoring import DEFAULT_MODEL_DIR, Scorer
-from pipelines.shard import ShardConfig, ShardProcessor
+from pipelines.contract.events import RawBatch, Rejection, RejectReason, decode_batch
+from pipelines.core.rows import Records
+from pipelines.core.shard import ShardConfig, ShardProcessor
+from pipelines.flow.dataflow import ScoreStep, split_by_shard
+from pipelines.io.kafka.sinks import KafkaDeadLetterSink, KafkaSinkError, KafkaTransitionsSink, transition_messages
+from pipelines.monitoring.metrics import PipelineMetrics
+from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, Scorer
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +105,7 @@ def test_oversized_dead_letter_is_cut_to_fit_and_says_how_long_it_was(kafka_brok
 
 def _transition_records() -> list[Records]:
     """Records as the flow's score step makes them, from a small simulated stream."""
-    from pipelines.simulate import SimConfig, iter_ndjson_batches, simulate
+    from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
 
     sim = simulate(SimConfig(users=300, days=20, seed=3))
     metrics = PipelineMetrics(CollectorRegistry())

@@ -10,8 +10,8 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Producer
 from prometheus_client import CollectorRegistry, Gauge
 
-from pipelines.events import RawBatch
-from pipelines.io.kafka import KafkaBatchSource, StartPosition, parse_kafka_start, produce_lines
+from pipelines.contract.events import RawBatch
+from pipelines.io.kafka.source import KafkaBatchSource, StartPosition, parse_kafka_start, produce_lines
 
 pytestmark = pytest.mark.integration
 

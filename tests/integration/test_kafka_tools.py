@@ -1,4 +1,4 @@
-"""pipelines.kafka_tools: simulated streams to Kafka, topic creation, the local broker, the Kafka demo."""
+"""pipelines.io.kafka.tools: simulated streams to Kafka, topic creation, the local broker, the Kafka demo."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.kafka_tools import count_records, ensure_topic, simulate_to_kafka, start_local_broker
+from pipelines.io.kafka.tools import count_records, ensure_topic, simulate_to_kafka, start_local_broker
 
 pytestmark = pytest.mark.integration
 
 
 def test_simulate_to_kafka_round_trip_keeps_every_event_keyed_by_user_in_time_order(kafka_broker, read_topic) -> None:
-    from pipelines.simulate import SimConfig, iter_ndjson_batches, simulate
+    from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
 
     topic = "sim-roundtrip"
     url = f"kafka://{kafka_broker.bootstrap}/{topic}"
@@ -44,7 +44,7 @@ def test_simulate_to_kafka_round_trip_keeps_every_event_keyed_by_user_in_time_or
 def test_ensure_topic_creates_a_missing_topic_once_and_keeps_an_existing_one(kafka_broker) -> None:
     assert ensure_topic(kafka_broker.bootstrap, "ensure-me", 2) is True
     assert ensure_topic(kafka_broker.bootstrap, "ensure-me", 5) is False  # kept with its 2 partitions
-    from pipelines.io.kafka import KafkaBatchSource
+    from pipelines.io.kafka.source import KafkaBatchSource
 
     assert KafkaBatchSource(kafka_broker.bootstrap, "ensure-me").partitions() == [0, 1]
     with pytest.raises(ValueError):
@@ -54,7 +54,7 @@ def test_ensure_topic_creates_a_missing_topic_once_and_keeps_an_existing_one(kaf
 def test_simulate_to_kafka_writes_the_ground_truth_when_asked(kafka_broker, tmp_path: Path) -> None:
     url = f"kafka://{kafka_broker.bootstrap}/sim-truth"
     n = simulate_to_kafka(url, users=50, days=3, seed=2, truth_path=tmp_path / "truth.csv")
-    from pipelines.simulate import SimConfig, simulate
+    from pipelines.offline.simulate import SimConfig, simulate
 
     sim = simulate(SimConfig(users=50, days=3, seed=2))
     assert n == sim.events.height
@@ -72,8 +72,8 @@ def test_local_broker_stops_and_leaves_no_listener() -> None:
 
 
 def test_kafka_demo_runs_end_to_end_through_a_local_broker(tmp_path: Path, monkeypatch, capsys) -> None:
-    from pipelines.io.store import ChdbStore
-    from pipelines.kafka_tools import run_kafka_demo
+    from pipelines.io.kafka.tools import run_kafka_demo
+    from pipelines.io.store.base import ChdbStore
 
     monkeypatch.setenv("LIFECYCLE_METRICS_PORT", "0")
     store = tmp_path / "demo.chdb"

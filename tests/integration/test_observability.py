@@ -17,15 +17,15 @@ import polars as pl
 import pytest
 from prometheus_client import CollectorRegistry
 
-import pipelines.app as app
-from pipelines.app import run_pipeline
-from pipelines.drift import DriftMonitor, DriftReference, reference_from_events, score_columns, streamed_rows
-from pipelines.events import EventColumns, RawBatch, decode_batch
-from pipelines.io.store import ChdbStore, StoreError
-from pipelines.metrics import PipelineMetrics
-from pipelines.scoring import DEFAULT_MODEL_DIR, Scorer
+import pipelines.flow.runner as app
+from pipelines.contract.events import EventColumns, RawBatch, decode_batch
+from pipelines.flow.runner import run_pipeline
+from pipelines.io.store.base import ChdbStore, StoreError
+from pipelines.monitoring.drift import DriftMonitor, DriftReference, reference_from_events, score_columns, streamed_rows
+from pipelines.monitoring.metrics import PipelineMetrics
+from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate, write_jsonl
+from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, Scorer
 from pipelines.settings import Settings
-from pipelines.simulate import SimConfig, iter_ndjson_batches, simulate, write_jsonl
 from tests.infra.dashboards import (
     CLICKHOUSE_TYPE,
     KAFKA_ONLY,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.io.store import ChdbStore
-from pipelines.playbooks import PLAYBOOK_DIR
+from pipelines.core.playbook import PLAYBOOK_DIR
+from pipelines.io.store.base import ChdbStore
 from tests.support.events import T0
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def ev(user: str, at_ms: int, kind: str, amount: float | None = None) -> bytes:
 
 def _run(inputs: str, store: Path, recovery: Path, playbook: Path) -> None:
     cmd = [
-        sys.executable, "-m", "pipelines.cli", "run", "--input", inputs, "--store", f"chdb://{store}",
+        sys.executable, "-m", "pipelines.cli.main", "run", "--input", inputs, "--store", f"chdb://{store}",
         "--metrics-port", "0", "--shards", "1", "--batch-events", "2", "--recovery-dir", str(recovery),
         "--epoch-seconds", "0.2", "--playbook", str(playbook),
     ]  # fmt: skip
@@ -156,7 +156,7 @@ def test_users_who_refused_marketing_are_scored_but_get_service_actions_only(tmp
     cli = [
         sys.executable,
         "-m",
-        "pipelines.cli",
+        "pipelines.cli.main",
         "consent",
         "--user",
         "quiet",
@@ -166,7 +166,7 @@ def test_users_who_refused_marketing_are_scored_but_get_service_actions_only(tmp
     ]
     out = subprocess.run(cli, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "recorded no-marketing for 1 user(s)" in out.stdout, out.stderr
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--input", str(events), "--store", f"chdb://{store}",
+    cmd = [sys.executable, "-m", "pipelines.cli.main", "run", "--input", str(events), "--store", f"chdb://{store}",
            "--metrics-port", "0", "--shards", "2"]  # fmt: skip
     assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
     got = {

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.io.store import ChdbStore
-from pipelines.simulate import SimConfig, simulate, write_jsonl
+from pipelines.io.store.base import ChdbStore
+from pipelines.offline.simulate import SimConfig, simulate, write_jsonl
 from tests.support.recovery import committed_epoch
 
 SQL = (
@@ -25,7 +25,7 @@ TRANSITIONS = "SELECT user_id, from_stage, to_stage, at FROM stage_transitions F
 
 def _cmd(events: Path, store: Path, recovery: Path | None) -> list[str]:
     cmd = [
-        sys.executable, "-m", "pipelines.cli", "run", "--input", str(events), "--store", f"chdb://{store}",
+        sys.executable, "-m", "pipelines.cli.main", "run", "--input", str(events), "--store", f"chdb://{store}",
         "--metrics-port", "0", "--batch-events", "300", "--shards", "3",
     ]  # fmt: skip
     if recovery is not None:
@@ -86,7 +86,7 @@ def test_forget_erases_the_user_from_the_store_and_the_recovery_state(events: Pa
     store, recovery = tmp_path / "store.chdb", tmp_path / "recovery"
     subprocess.run(_cmd(events, store, recovery), check=True, capture_output=True, timeout=300)
     victim = _read(store)[0][0]["user_id"]
-    forget = [sys.executable, "-m", "pipelines.cli", "forget", "--user", victim, "--store", f"chdb://{store}",
+    forget = [sys.executable, "-m", "pipelines.cli.main", "forget", "--user", victim, "--store", f"chdb://{store}",
               "--recovery-dir", str(recovery)]  # fmt: skip
     out = subprocess.run(forget, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -104,7 +104,7 @@ def test_forget_erases_the_user_from_the_store_and_the_recovery_state(events: Pa
 
 
 def test_state_erase_forgets_a_user_and_a_later_event_starts_afresh() -> None:
-    from pipelines.shard import ShardConfig, ShardProcessor
+    from pipelines.core.shard import ShardConfig, ShardProcessor
     from tests.support.events import T0, columns
 
     proc = ShardProcessor(ShardConfig(score_interval_ms=0))

@@ -16,16 +16,16 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from models.artifact import load_artifact, save_artifact
-from pipelines.app import run_pipeline
-from pipelines.batch import state_as_of
-from pipelines.cli_scoring import parse_as_of, register
-from pipelines.erasure import forget_user, set_consent
-from pipelines.features import FEATURE_NAMES, compute_features, schema_hash
-from pipelines.io.store import ChdbStore
-from pipelines.rescore import load_events, rescore
-from pipelines.scoring import DEFAULT_MODEL_DIR, Scorer
+from pipelines.cli.rescore import parse_as_of, register
+from pipelines.core.features import FEATURE_NAMES, compute_features, schema_hash
+from pipelines.flow.runner import run_pipeline
+from pipelines.io.store.base import ChdbStore
+from pipelines.offline.history import state_as_of
+from pipelines.offline.rescore import load_events, rescore
+from pipelines.offline.simulate import SimConfig, simulate, write_jsonl
+from pipelines.privacy.erasure import forget_user, set_consent
+from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, Scorer
 from pipelines.settings import Settings
-from pipelines.simulate import SimConfig, simulate, write_jsonl
 
 NEW_VERSION = "lsm-test-rescore-2"
 FINAL_SQL = (
@@ -198,8 +198,8 @@ def test_overlapping_event_files_load_each_event_once_in_time_order(tmp_path: Pa
 def test_rescore_after_a_taxonomy_change_relabels_everyone_and_keeps_the_streams_actions(
     pipeline_store: tuple[Path, Path], store_copy: Path
 ) -> None:
-    from pipelines.batch import score_as_of
-    from pipelines.taxonomy import load_taxonomy
+    from pipelines.core.taxonomy import load_taxonomy
+    from pipelines.offline.history import score_as_of
 
     events_path, _ = pipeline_store
     actions_sql = (

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipelines.io.store import ChdbStore, HttpStore, Store, StoreError, arrow_stream, dedup_token
+from pipelines.io.store.base import ChdbStore, HttpStore, Store, StoreError, arrow_stream, dedup_token
 from pipelines.settings import DEFAULT_SQL
 from tests.support.chdb_http import ChdbHttpServer, ServerError
 
@@ -29,7 +29,7 @@ V = 1_790_000_000_000  # versions are event-time clocks in ms (2026-09-21): scor
 
 
 def score_rows(users: list[str], *, version: int, stage: str = "growing") -> pa.Table:
-    """``user_scores`` rows with the Arrow types pipelines/records.py writes."""
+    """``user_scores`` rows with the Arrow types pipelines/core/rows.py writes."""
     n = len(users)
     return pa.table(
         {
@@ -271,8 +271,8 @@ def test_deduplication_token_depends_on_table_and_content_only() -> None:
 
 
 def test_model_versions_register_the_artifact_behind_model_version(backend: Store) -> None:
-    from pipelines.io.store import record_model_version
-    from pipelines.scoring import DEFAULT_MODEL_DIR
+    from pipelines.io.store.base import record_model_version
+    from pipelines.scoring.scorer import DEFAULT_MODEL_DIR
 
     meta = json.loads((DEFAULT_MODEL_DIR / "artifact.json").read_text())
     record_model_version(backend, meta, now=lambda: 1_800_000_000.0)

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipelines.app import run_pipeline
-from pipelines.erasure import forget_user, set_consent
-from pipelines.io.store import ChdbStore, split_statements
-from pipelines.migrations import apply_migrations
+from pipelines.flow.runner import run_pipeline
+from pipelines.io.store.base import ChdbStore, split_statements
+from pipelines.io.store.migrations import apply_migrations
+from pipelines.privacy.erasure import forget_user, set_consent
 from pipelines.settings import Settings
 from tests.integration.test_storage_downstream import EXPECTED, OPTED_OUT, crafted_events
 from tests.support.taxonomy import taxonomy_variant

@@ -22,9 +22,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipelines.app import run_pipeline
-from pipelines.erasure import erased_user_hashes, forget_user, opted_out_users, set_consent, user_hash
-from pipelines.io.store import ChdbStore
+from pipelines.flow.runner import run_pipeline
+from pipelines.io.store.base import ChdbStore
+from pipelines.privacy.erasure import erased_user_hashes, forget_user, opted_out_users, set_consent, user_hash
 from pipelines.settings import Settings
 from tests.support.events import T0, line
 from tests.support.taxonomy import taxonomy_variant
@@ -266,7 +266,7 @@ def test_latest_consent_decides_and_opting_back_in_restores_audiences(store: Chd
 
 
 def test_admin_commands_migrate_record_consent_and_forget(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipelines.cli_db import register
+    from pipelines.cli.db import register
 
     parser = argparse.ArgumentParser(prog="lifecycle")
     register(parser.add_subparsers(dest="cmd", required=True))

@@ -72,8 +72,8 @@ def test_a_directory_without_artifact_json_is_not_an_artifact(tmp_path: Path) ->
 
 
 def test_committed_default_model_matches_the_feature_registry() -> None:
-    from pipelines.features import FEATURE_NAMES, schema_hash
-    from pipelines.scoring import DEFAULT_MODEL_DIR
+    from pipelines.core.features import FEATURE_NAMES, schema_hash
+    from pipelines.scoring.scorer import DEFAULT_MODEL_DIR
 
     art = load_artifact(DEFAULT_MODEL_DIR, expected_schema_hash=schema_hash(), expected_names=FEATURE_NAMES)
     assert tuple(art.meta["feature_names"]) == FEATURE_NAMES

@@ -1,6 +1,6 @@
 """Driving real ``lifecycle run`` processes for fault injection: inputs, starts, kills, progress.
 
-Every pipeline runs as a subprocess (``python -m pipelines.cli run``), exactly as
+Every pipeline runs as a subprocess (``python -m pipelines.cli.main run``), exactly as
 deployed, so a ``kill -9`` is a real one and chDB's one-process-per-directory
 lock is respected. Kills are triggered by observed progress (epochs committed
 to the recovery store, inserts reaching the store, the recovery file being
@@ -50,7 +50,7 @@ class Stream:
 def make_stream(*, users: int, days: int, seed: int, bad_every: int = 997, dup_every: int = 499) -> Stream:
     """Simulated events with a malformed line or an unknown type every ``bad_every`` lines and a
     verbatim repeat (a producer retry: same event_id) every ``dup_every`` lines."""
-    from pipelines.simulate import SimConfig, iter_ndjson_batches, simulate
+    from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
 
     sim = simulate(SimConfig(users=users, days=days, seed=seed))
     good = [line for batch in iter_ndjson_batches(sim.events, 50_000) for line in batch]
@@ -113,7 +113,7 @@ class Pipeline:
         self.log_path = workdir / f"run-{n}.log"
         self.summary_path = workdir / f"run-{n}.summary.json" if summary else None
         self.metrics_port = metrics_port
-        cmd = [sys.executable, "-m", "pipelines.cli", "run", *args, "--metrics-port", str(metrics_port)]
+        cmd = [sys.executable, "-m", "pipelines.cli.main", "run", *args, "--metrics-port", str(metrics_port)]
         if self.summary_path is not None:
             cmd += ["--summary-json", str(self.summary_path)]
         self._log = self.log_path.open("wb")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.io.store import ChdbStore, Store
+from pipelines.io.store.base import ChdbStore, Store
 
 #: Columns that record wall-clock time of writing, not content: never compared.
 WALL_CLOCK_COLUMNS: Mapping[str, frozenset[str]] = {

@@ -9,7 +9,7 @@ being copied on.
 
 Two levels:
 
-* the decoder (:func:`pipelines.events.decode_batch`), property-based with hypothesis:
+* the decoder (:func:`pipelines.contract.events.decode_batch`), property-based with hypothesis:
   arbitrary bytes, and good lines interleaved with garbage built to defeat a
   batch-joining decoder (two events on one line, two halves of one event on two lines);
 * the real pipeline end to end (``run_pipeline``, file input, embedded chDB): a
@@ -33,9 +33,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from pipelines.app import RunResult, run_pipeline
-from pipelines.events import CHANNELS, EVENT_TYPES, MAX_USER_ID_CHARS, DecodeLimits, RejectReason, decode_batch
-from pipelines.io.store import ChdbStore
+from pipelines.contract.events import CHANNELS, EVENT_TYPES, MAX_USER_ID_CHARS, DecodeLimits, RejectReason, decode_batch
+from pipelines.flow.runner import RunResult, run_pipeline
+from pipelines.io.store.base import ChdbStore
 from pipelines.settings import Settings
 from tests.support.events import NOW, T0, raw
 from tests.support.visible import conservation, final_rows, scalar
@@ -195,7 +195,7 @@ def test_ten_megabyte_payload_is_rejected_as_oversized_without_being_copied() ->
 
 def test_a_file_line_of_64_megabytes_is_read_only_as_far_as_the_decoder_needs(tmp_path: Path) -> None:
     """A huge line without a newline (a broken export) must not be held in memory whole."""
-    from pipelines.io.sources import read_batches
+    from pipelines.io.files import read_batches
 
     limit = DecodeLimits().max_event_bytes
     good = encode({"event_id": "ok", "user_id": "u2", "ts": T0, "type": "share", "channel": "app"})
@@ -328,7 +328,7 @@ ODD_USERS = ("café-张", "用户🙂", "👨\u200d👩\u200d👧")
 
 def _good_stream() -> list[bytes]:
     """Simulated events plus a few events of non-ASCII users (written in NFC)."""
-    from pipelines.simulate import SimConfig, iter_ndjson_batches, simulate
+    from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
 
     sim = simulate(SimConfig(users=600, days=10, seed=23))
     lines = [line for batch in iter_ndjson_batches(sim.events, 50_000) for line in batch]

@@ -8,10 +8,10 @@ it writes everything, so the visible result equals that of a run without the out
 
 Two levels:
 
-* unit tests of the sink and its retry logic (:mod:`pipelines.io.retry`) with an
+* unit tests of the sink and its retry logic (:mod:`pipelines.io.store.retry`) with an
   injected clock, sleep and jitter source, and a store stub that fails on schedule;
 * end-to-end runs of the real pipeline (``run_pipeline``, file input, the production
-  :class:`~pipelines.io.store.HttpStore`) against the real engine served over
+  :class:`~pipelines.io.store.base.HttpStore`) against the real engine served over
   ClickHouse's HTTP interface (:class:`tests.support.chdb_http.ChdbHttpServer`),
   which the test stops and restarts on the same port, or slows down, mid-run.
   Faults are triggered by observed progress (batches read, the availability gauge,
@@ -32,12 +32,12 @@ import pyarrow as pa
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipelines.app import RunResult, run_pipeline
-from pipelines.io.retry import RetryPolicy, redact
-from pipelines.io.sinks import StoreSink
-from pipelines.io.store import HttpStore, Params, Store, StoreError
-from pipelines.metrics import PipelineMetrics
-from pipelines.records import Records
+from pipelines.core.rows import Records
+from pipelines.flow.runner import RunResult, run_pipeline
+from pipelines.io.store.base import HttpStore, Params, Store, StoreError
+from pipelines.io.store.retry import RetryPolicy, redact
+from pipelines.io.store.sink import StoreSink
+from pipelines.monitoring.metrics import PipelineMetrics
 from pipelines.settings import DEFAULT_SQL, Settings
 from tests.support.chdb_http import ChdbHttpServer
 from tests.support.visible import conservation, final_rows, sample, scalar
@@ -139,7 +139,7 @@ def test_sink_waits_out_an_outage_losing_no_row_and_never_buffering_beyond_its_b
     store.partition = part
 
     sent = 0
-    with caplog.at_level(logging.INFO, logger="pipelines.io.retry"):
+    with caplog.at_level(logging.INFO, logger="pipelines.io.store.retry"):
         for i in range(60):
             rows = sizes[i % len(sizes)]
             part.write_batch([_records(sent, rows)])  # blocks while the store is down: backpressure
@@ -235,7 +235,7 @@ def _read_outcome(url: str, result: RunResult, registry: CollectorRegistry) -> O
 @pytest.fixture(scope="module")
 def events_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """~22k simulated events of 3,000 users over 10 days, plus a few lines that must become dead letters."""
-    from pipelines.simulate import SimConfig, iter_ndjson_batches, simulate
+    from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
 
     sim = simulate(SimConfig(users=3000, days=10, seed=11))
     lines = [line for batch in iter_ndjson_batches(sim.events, 50_000) for line in batch]
@@ -342,7 +342,7 @@ def test_pipeline_waits_out_a_store_outage_and_ends_with_the_scores_of_a_run_wit
 
     # credentials in the URL: the outage warning must not print them
     url = served.url.replace("http://", "http://lifecycle:hunter2@")
-    with caplog.at_level(logging.INFO, logger="pipelines.io.retry"):
+    with caplog.at_level(logging.INFO, logger="pipelines.io.store.retry"):
         t0 = time.monotonic()
         result = run_pipeline(_settings(events_file, url), registry=registry, serve_metrics=False, on_batch=on_batch)
         elapsed = time.monotonic() - t0
@@ -359,7 +359,7 @@ def test_pipeline_waits_out_a_store_outage_and_ends_with_the_scores_of_a_run_wit
     assert sample(registry, "lifecycle_sink_errors_total") == 0
     # one warning when it went down, one info line when it came back; no secret in either
     warnings = [
-        r.getMessage() for r in caplog.records if r.name == "pipelines.io.retry" and r.levelno >= logging.WARNING
+        r.getMessage() for r in caplog.records if r.name == "pipelines.io.store.retry" and r.levelno >= logging.WARNING
     ]
     back = [r.getMessage() for r in caplog.records if "store available again" in r.getMessage()]
     assert len(warnings) == 1 and "store unavailable" in warnings[0], warnings

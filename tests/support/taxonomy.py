@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.taxonomy import TAXONOMY_DIR
+from pipelines.core.taxonomy import TAXONOMY_DIR
 
 
 def taxonomy_variant(directory: Path, base: str = "lifecycle-5", **params: float) -> Path:

@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from pipelines.io.store import Store
+from pipelines.io.store.base import Store
 
 #: Columns that record when a row was written, not what it says.
 WALL_CLOCK_COLUMNS: Mapping[str, frozenset[str]] = {

@@ -1,0 +1,152 @@
+"""``lifecycle db migrate``, ``lifecycle forget`` and ``lifecycle consent``: the store's admin commands.
+
+:func:`register` adds the subcommands to the ``lifecycle`` parser; each sets
+``func`` to its handler, which returns the exit code (0 ok, 1 the store
+failed, 2 a configuration error). The store URL defaults to
+``LIFECYCLE_STORE`` (:class:`~pipelines.settings.Settings`), as for ``run``.
+User ids are never printed: a forget prints the id's SHA-256, as erasure_log
+keeps it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from pipelines.io.store.base import Store, StoreError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``db migrate``, ``forget`` and ``consent`` to the ``lifecycle`` subcommands."""
+    store_help = "store URL: chdb://PATH or http(s)://HOST:PORT/DB [env: LIFECYCLE_STORE]"
+
+    db = sub.add_parser("db", help="store administration (schema migrations)")
+    db_sub = db.add_subparsers(dest="db_cmd", required=True)
+    mig = db_sub.add_parser("migrate", help="apply the pending numbered migrations and record them")
+    mig.add_argument("--store", default=None, help=store_help)
+    mig.add_argument(
+        "--sql-dir",
+        type=Path,
+        default=None,
+        help="migrations directory, e.g. sql/cluster for the cluster schema [env: LIFECYCLE_SQL_DIR]",
+    )
+    mig.set_defaults(func=cmd_migrate)
+
+    forget = sub.add_parser("forget", help="erase a user from every table (PIPL) and record it in erasure_log")
+    forget.add_argument("--user", required=True, help="the user id to erase")
+    forget.add_argument("--reason", default="data subject request", help="kept in erasure_log")
+    forget.add_argument("--store", default=None, help=store_help)
+    forget.add_argument(
+        "--cluster",
+        default=None,
+        metavar="NAME",
+        help="cluster schema (sql/cluster): delete from the <table>_local tables ON CLUSTER NAME",
+    )
+    forget.add_argument(
+        "--recovery-dir",
+        default=None,
+        help="also erase the user from this Bytewax recovery store (stop the pipeline first) "
+        "[env: LIFECYCLE_RECOVERY_DIR]",
+    )
+    forget.set_defaults(func=cmd_forget)
+
+    consent = sub.add_parser("consent", help="record an opt-out (or opt-in) of automated marketing")
+    consent.add_argument("--user", required=True, action="append", help="user id (repeat for several)")
+    choice = consent.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--opt-out", dest="opted_out", action="store_const", const=True, help="the user opts out")
+    choice.add_argument("--opt-in", dest="opted_out", action="store_const", const=False, help="the user opts back in")
+    choice.add_argument(
+        "--no-marketing",
+        dest="opted_out",
+        action="store_const",
+        const="no-marketing",
+        help="scored, but no marketing actions (playbooks see marketing_consent = false)",
+    )
+    consent.add_argument("--source", default="cli", help="where the decision came from (default: cli)")
+    consent.add_argument("--store", default=None, help=store_help)
+    consent.set_defaults(func=cmd_consent)
+
+
+def _open(args: argparse.Namespace) -> tuple[Store, Path]:
+    """The store named by ``--store`` (else the settings), and the migrations directory."""
+    from pipelines.io.store.base import open_store
+    from pipelines.settings import Settings
+
+    overrides = {"store": args.store, "sql_dir": getattr(args, "sql_dir", None)}
+    s = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    return open_store(s.store, user=s.store_user, password=s.store_password.get_secret_value()), s.sql_dir
+
+
+def _run(args: argparse.Namespace, action: str) -> int:
+    try:
+        store, sql_dir = _open(args)
+    except ValidationError as err:
+        print(f"lifecycle: configuration error:\n{err}", file=sys.stderr)
+        return 2
+    except StoreError as err:
+        print(f"lifecycle {action}: {err}", file=sys.stderr)
+        return 1
+    try:
+        if action != "db migrate":
+            # consent may be recorded before the pipeline first ran, and both commands write columns
+            # of the newest schema: bring the store up to date first (idempotent)
+            store.migrate(sql_dir)
+        if action == "db migrate":
+            from pipelines.io.store.migrations import apply_migrations, discover
+
+            ran = apply_migrations(store, sql_dir)
+            print(f"applied {len(ran)} migration(s){': ' + ', '.join(ran) if ran else ''}")
+            print(f"schema at {discover(sql_dir)[-1].name}")
+        elif action == "forget":
+            from pipelines.privacy.erasure import forget_user, user_hash
+
+            on_cluster = args.cluster
+            counts = forget_user(
+                store, args.user, reason=args.reason, table_suffix="_local" if on_cluster else "", on_cluster=on_cluster
+            )
+            out: dict[str, object] = {"user_hash": user_hash(args.user), "rows_deleted": counts}
+            recovery = args.recovery_dir or os.environ.get("LIFECYCLE_RECOVERY_DIR")
+            if recovery:
+                from pipelines.privacy.erasure import erase_from_recovery
+
+                out["state_rows_erased"] = erase_from_recovery(Path(recovery), [args.user])
+            print(json.dumps(out))
+        else:
+            from pipelines.privacy.erasure import set_consent
+
+            if args.opted_out == "no-marketing":
+                n = set_consent(store, args.user, False, args.source, marketing=False)
+                what = "no-marketing"
+            else:
+                n = set_consent(store, args.user, bool(args.opted_out), args.source)
+                what = "opt-out" if args.opted_out else "opt-in"
+            print(f"recorded {what} for {n} user(s)")
+    except ValueError as err:
+        print(f"lifecycle {action}: {err}", file=sys.stderr)
+        return 2
+    except StoreError as err:
+        print(f"lifecycle {action}: {err}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """``lifecycle db migrate``: apply what is pending, print what ran."""
+    return _run(args, "db migrate")
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    """``lifecycle forget --user ID``: erase the user from the store (not from a running pipeline's state)."""
+    return _run(args, "forget")
+
+
+def cmd_consent(args: argparse.Namespace) -> int:
+    """``lifecycle consent --user ID --opt-out|--opt-in``."""
+    return _run(args, "consent")

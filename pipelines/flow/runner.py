@@ -1,0 +1,260 @@
+"""Wiring of one pipeline run from :class:`~pipelines.settings.Settings`.
+
+Opens the store and applies the DDL, loads the model, builds the source and the
+flow, and runs it in this process. Everything it creates is passed in
+explicitly (store, registry, clock), so tests can run the real flow against a
+real store with their own registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.recovery import RecoveryConfig
+from bytewax.run import cli_main
+from prometheus_client import CollectorRegistry
+
+from pipelines.contract.events import DecodeLimits, RawBatch
+from pipelines.flow.dataflow import FlowConfig, build_flow
+from pipelines.io.files import FileSource, IteratorSource
+from pipelines.io.store.base import Store, open_store, record_model_version
+from pipelines.monitoring.drift import DriftMonitor, DriftReference
+from pipelines.monitoring.metrics import PipelineMetrics, serve
+from pipelines.privacy.consent import ConsentFilter
+from pipelines.scoring.scorer import Scorer
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    seconds: float
+    events_in: int
+    events_applied: int
+    duplicates: int
+    opted_out: int
+    rejected: dict[str, int]
+    rows_written: dict[str, int]
+    expected_events: int | None
+    #: new actions granted by the playbook during the run, by action
+    actions_granted: dict[str, int] = field(default_factory=dict)
+
+
+def flow_config(s: Settings) -> FlowConfig:
+    return FlowConfig(
+        shards=s.shards,
+        limits=DecodeLimits(max_event_bytes=s.max_event_bytes, max_future_ms=s.max_future_seconds * 1000),
+        shard=s.shard_config(),
+        idle_advance_seconds=s.idle_advance_seconds,
+        exchange=s.addresses is not None and len(s.addresses.split(",")) > 1,
+        store_retry=s.store_retry(),
+    )
+
+
+def make_source(
+    s: Settings, clock: Clock, metrics: PipelineMetrics | None = None
+) -> tuple[Source[RawBatch], str, int | None]:
+    """The source for ``s.input``, its kind label, and the number of events if known up front."""
+    if s.input == "simulate":
+        from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
+
+        sim = simulate(SimConfig(users=s.sim_users, days=s.sim_days, seed=s.sim_seed))
+        events = sim.events
+        return (
+            IteratorSource("simulate", lambda: iter_ndjson_batches(events, s.batch_events), clock=clock),
+            "simulate",
+            events.height,
+        )
+    if s.input.startswith("kafka://"):
+        from pipelines.io.kafka.source import KafkaBatchSource
+
+        lag = metrics.kafka_lag if metrics is not None else None
+        return KafkaBatchSource.from_url(s.input, settings=s, clock=clock, lag_gauge=lag), "kafka", None
+    paths = [Path(p) for p in s.input.split(",")]
+    # a line longer than an event may be is read only as far as the decoder needs to reject it (oversized)
+    max_line = max(s.max_event_bytes + 1, 4096)
+    source = FileSource(paths, batch_events=s.batch_events, clock=clock, max_line_bytes=max_line)
+    return source, "file", None
+
+
+def kafka_outputs(s: Settings) -> dict[str, Any]:
+    """The flow's Kafka sinks configured in ``s`` (build_flow keyword arguments), same client options as the source."""
+    if not (s.dead_letter_topic or s.transitions_topic):
+        return {}
+    from pipelines.io.kafka.sinks import KafkaDeadLetterSink, KafkaTransitionsSink
+    from pipelines.monitoring.metrics import build_labels
+
+    config = {k: v.get_secret_value() for k, v in s.kafka_config.items()}
+    out: dict[str, Any] = {}
+    if s.dead_letter_topic:
+        out["dead_letter_sink"] = KafkaDeadLetterSink.from_url(
+            s.dead_letter_topic, config=config, pipeline_version=build_labels()["version"]
+        )
+    if s.transitions_topic:
+        out["transitions_sink"] = KafkaTransitionsSink.from_url(s.transitions_topic, config=config)
+    return out
+
+
+def open_migrated_store(s: Settings) -> Store:
+    store = open_store(s.store, user=s.store_user, password=s.store_password.get_secret_value())
+    store.migrate(s.sql_dir)
+    return store
+
+
+def prepare_flow(
+    s: Settings,
+    *,
+    registry: CollectorRegistry,
+    store: Store,
+    clock: Clock = time.time,
+    on_batch: Callable[[int], None] | None = None,
+    on_source: Callable[[int | None], None] | None = None,
+    serve_metrics: bool = True,
+    source: Source[RawBatch] | None = None,
+) -> tuple[Dataflow, int | None]:
+    """Everything but running: model, metrics endpoint, source, the wired flow (and the event count if known)."""
+    metrics = PipelineMetrics(registry)
+    if s.torch_threads:
+        torch.set_num_threads(s.torch_threads)
+    scorer = Scorer.from_dir(s.model_dir, device=s.device, max_batch_rows=s.score_batch_rows, metrics=metrics)
+    metrics.model_info.info({"version": scorer.model_version, "schema": str(scorer.artifact.meta["schema_hash"])})
+    metrics.scoring_device.labels(device=scorer.device.type).set(1)
+    record_model_version(store, scorer.artifact.meta)
+    reference = DriftReference.from_meta(scorer.artifact.meta)
+    drift = DriftMonitor(reference, metrics) if reference is not None else None
+    if drift is None:
+        log.warning("model %s has no drift reference: drift gauges stay empty", scorer.model_version)
+    if os.environ.get("BYTEWAX_DATAFLOW_API_ENABLED"):
+        log.warning("BYTEWAX_DATAFLOW_API_ENABLED is set: Bytewax's own API server binds 0.0.0.0")
+    if serve_metrics:
+        serve(registry, s.metrics_host, s.metrics_port)
+    if source is None:
+        source, kind, expected = make_source(s, clock, metrics)
+    else:  # injected (benchmarks, embedding applications)
+        kind, expected = "custom", None
+    if on_source is not None:
+        on_source(expected)
+    flow = build_flow(
+        source,
+        store=store,
+        scorer=scorer,
+        metrics=metrics,
+        cfg=flow_config(s),
+        source_kind=kind,
+        clock=clock,
+        on_batch=on_batch,
+        drift=drift,
+        consent=ConsentFilter(store, refresh_seconds=s.consent_refresh_seconds, clock=clock),
+        **kafka_outputs(s),
+    )
+    if s.recovery_dir and s.addresses is None:
+        # single process: create the store on first use. A cluster's recovery partitions are
+        # made before its processes start (`--processes` does it; on Kubernetes each pod
+        # creates its own part-<ordinal>), since concurrent creation would race.
+        ensure_recovery_dir(s.recovery_dir, 1)
+    return flow, expected
+
+
+def run_pipeline(
+    s: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    store: Store | None = None,
+    clock: Clock = time.time,
+    on_batch: Callable[[int], None] | None = None,
+    on_source: Callable[[int | None], None] | None = None,
+    serve_metrics: bool = True,
+    source: Source[RawBatch] | None = None,
+) -> RunResult:
+    """Run the flow until the source ends (files, simulator) or the process is stopped (Kafka)."""
+    registry = registry if registry is not None else CollectorRegistry()
+    own_store = store is None
+    store = store or open_migrated_store(s)
+    try:
+        flow, expected = prepare_flow(
+            s, registry=registry, store=store, clock=clock, on_batch=on_batch, on_source=on_source,
+            serve_metrics=serve_metrics, source=source,
+        )  # fmt: skip
+        recovery = RecoveryConfig(str(s.recovery_dir)) if s.recovery_dir else None
+        cluster: dict[str, Any] = {}
+        if s.addresses is not None:
+            cluster = {"process_id": s.process_id, "addresses": s.addresses.split(",")}
+        t0 = time.perf_counter()
+        cli_main(flow, epoch_interval=timedelta(seconds=s.epoch_seconds), recovery_config=recovery, **cluster)
+        elapsed = time.perf_counter() - t0
+    finally:
+        if own_store:
+            store.close()
+    return RunResult(
+        seconds=elapsed,
+        events_in=int(_total(registry, "lifecycle_events_in_total")),
+        events_applied=int(_total(registry, "lifecycle_events_applied_total")),
+        duplicates=int(_total(registry, "lifecycle_events_duplicate_total")),
+        opted_out=int(_total(registry, "lifecycle_events_opted_out_total")),
+        rejected=_by_label(registry, "lifecycle_events_rejected_total", "reason"),
+        rows_written=_by_label(registry, "lifecycle_rows_written_total", "table"),
+        expected_events=expected,
+        actions_granted=_by_label(registry, "lifecycle_actions_total", "action"),
+    )
+
+
+def install_graceful_stop() -> None:
+    """On the first SIGTERM, drain instead of dying: Kafka partitions end at their next poll.
+
+    The flow then runs like at the end of a finite input: pending scores are flushed,
+    the sink writes everything buffered, and Bytewax commits a final epoch whose
+    snapshot holds each partition's offset after the last record handed on. A restart
+    with the same recovery store therefore repeats and loses nothing. Bytewax itself
+    has no drain on a signal (SIGINT stops its workers abruptly, SIGTERM's default kills
+    the process), so this handler is what makes ``kubectl delete pod`` or
+    ``systemctl stop`` clean. A second SIGTERM kills the process at once (the
+    default action is restored), which is still safe: the run resumes from its last
+    committed epoch. Call it from the main thread, before :func:`run_pipeline`.
+    """
+    import signal
+
+    from pipelines.io.kafka.source import request_stop
+
+    def on_sigterm(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM: stop at once
+        log.warning(
+            "SIGTERM received: draining (Kafka partitions end now, pending scores are flushed, a final "
+            "snapshot is committed); send SIGTERM again to stop at once"
+        )
+        request_stop()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def ensure_recovery_dir(path: Path, parts: int) -> None:
+    """Create a Bytewax recovery store of ``parts`` partitions on first use (no-op when it exists)."""
+    from bytewax.recovery import init_db_dir
+
+    if not any(path.glob("part-*.sqlite3")):
+        path.mkdir(parents=True, exist_ok=True)
+        init_db_dir(path, parts)
+
+
+def _total(registry: CollectorRegistry, sample: str) -> float:
+    return sum(s.value for m in registry.collect() for s in m.samples if s.name == sample)
+
+
+def _by_label(registry: CollectorRegistry, sample: str, label: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for m in registry.collect():
+        for smp in m.samples:
+            if smp.name == sample and smp.value:
+                out[smp.labels[label]] = out.get(smp.labels[label], 0) + int(smp.value)
+    return out

@@ -1,0 +1,218 @@
+"""PIPL in the store: consent (opt-out of automated marketing) and erasure of a user.
+
+* :func:`set_consent` records opt-outs/opt-ins in ``consent`` (latest wins under
+  ``FINAL``); every audience query in ``sql/queries`` leaves opted-out users
+  out, and :func:`opted_out_users` is what the pipeline loads to stop scoring
+  them.
+* :func:`forget_user` deletes every row of a user from every table that holds
+  user data, synchronously (``ALTER TABLE ... DELETE`` with ``mutations_sync =
+  2``: the rows are physically rewritten away, on every replica, before it
+  returns), then logs the erasure in ``erasure_log`` under a SHA-256 of the id.
+
+What this module cannot do: remove the user from the pipeline's in-memory
+state. A running pipeline that still holds the user would write them back on
+their next event or silence timer, so the pipeline must drop the user from its
+state (and its recovery snapshots) *before* this runs against the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import unicodedata
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.io.store.base import Store
+
+_TS = pa.timestamp("ms", tz="UTC")
+
+#: Tables with user data, and how to find a user's rows in each. ``rejected_events`` also matches the
+#: id as a JSON string anywhere in the original bytes: a dead letter whose JSON was too broken to
+#: extract ``user_id`` may still carry the id, and a dead letter that mentions the user is theirs too.
+ERASABLE: dict[str, str] = {
+    "user_scores": "user_id = {uid:String}",
+    "score_history": "user_id = {uid:String}",
+    "stage_transitions": "user_id = {uid:String}",
+    "consent": "user_id = {uid:String}",
+    "action_exports": "user_id = {uid:String}",
+    "rejected_events": "user_id = {uid:String} OR multiSearchAny(payload, {needles:Array(String)})",
+}
+#: Tables that the cluster schema shards (``<table>_local`` under a Distributed ``<table>``); the
+#: others are one full copy per node there, deleted from under their own name.
+SHARDED: frozenset[str] = frozenset(
+    {"user_scores", "score_history", "stage_transitions", "rejected_events", "action_exports"}
+)
+
+
+def normalize_user_id(user_id: str) -> str:
+    """The id as the pipeline stores it (NFC), so an id typed in another normal form still matches."""
+    return unicodedata.normalize("NFC", user_id)
+
+
+def user_hash(user_id: str) -> str:
+    """SHA-256 (hex) of the NFC user id: what ``erasure_log`` keeps instead of the id."""
+    return hashlib.sha256(normalize_user_id(user_id).encode()).hexdigest()
+
+
+def forget_user(
+    store: Store,
+    user_id: str,
+    *,
+    reason: str,
+    table_suffix: str = "",
+    on_cluster: str | None = None,
+    now: Callable[[], float] = time.time,
+) -> dict[str, int]:
+    """Delete ``user_id`` from every table in :data:`ERASABLE`; log it; return rows deleted per table.
+
+    Counts are taken just before each delete. For the cluster schema
+    (``sql/cluster``) pass ``table_suffix="_local"`` and ``on_cluster``: rows
+    are counted through the Distributed tables and deleted from the local
+    tables (:data:`SHARDED`) on every shard and replica.
+    """
+    uid = normalize_user_id(user_id)
+    if not uid.strip():
+        # an empty id would match every dead letter whose payload had no user_id
+        raise ValueError("forget_user needs a non-empty user id")
+    if not reason.strip():
+        raise ValueError("forget_user needs a reason (it is kept in erasure_log)")
+    needles = sorted({json.dumps(uid, ensure_ascii=False), json.dumps(uid)})  # how producers may have encoded it
+    params = {"uid": uid, "needles": needles}
+    cluster = f" ON CLUSTER '{on_cluster}'" if on_cluster else ""
+    counts: dict[str, int] = {}
+    for table, where in ERASABLE.items():
+        n = int(store.query(f"SELECT count() AS n FROM {table} WHERE {where}", params=params).column("n")[0].as_py())
+        counts[table] = n
+        if n:
+            target = f"{table}{table_suffix}" if table in SHARDED else table
+            store.command(
+                f"ALTER TABLE {target}{cluster} DELETE WHERE {where} SETTINGS mutations_sync = 2", params=params
+            )
+    store.insert(
+        "erasure_log",
+        pa.table(
+            {
+                "user_hash": pa.array([user_hash(uid)], pa.string()),
+                "erased_at": pa.array([int(now() * 1000)], _TS),
+                "reason": pa.array([reason], pa.string()),
+                "rows_deleted": pa.array([list(counts.items())], pa.map_(pa.string(), pa.uint64())),
+            }
+        ),
+    )
+    return counts
+
+
+def set_consent(
+    store: Store,
+    user_ids: Iterable[str],
+    opted_out: bool,
+    source: str,
+    *,
+    marketing: bool | None = None,
+    now: Callable[[], float] = time.time,
+) -> int:
+    """Record that ``user_ids`` opted out (``True``) or back in (``False``); return the rows written.
+
+    ``marketing``: whether the user accepts marketing actions (playbooks read it
+    as ``marketing_consent``); by default the opposite of ``opted_out``. A user
+    may be scored (``opted_out=False``) without marketing (``marketing=False``).
+    ``source`` says where the decision came from (``cli``, ``crm``,
+    ``wecom_unsubscribe``, ...). The newest ``updated_at`` per user wins.
+    """
+    if marketing is None:
+        marketing = not opted_out
+    ids = sorted({normalize_user_id(u) for u in user_ids})
+    if not ids or any(not u.strip() for u in ids):
+        raise ValueError("set_consent needs at least one non-empty user id")
+    n = len(ids)
+    store.insert(
+        "consent",
+        pa.table(
+            {
+                "user_id": pa.array(ids, pa.string()),
+                "opted_out": pa.array([opted_out] * n, pa.bool_()),
+                "marketing": pa.array([marketing and not opted_out] * n, pa.bool_()),
+                "updated_at": pa.array([int(now() * 1000)] * n, _TS),
+                "source": pa.array([source] * n, pa.string()),
+            }
+        ),
+    )
+    return n
+
+
+def opted_out_users(store: Store) -> frozenset[str]:
+    """Every user whose latest consent record is an opt-out (what the pipeline must not score)."""
+    rows = store.query("SELECT user_id FROM consent FINAL WHERE opted_out")
+    return frozenset(rows.column("user_id").to_pylist())
+
+
+def no_marketing_users(store: Store) -> frozenset[str]:
+    """Users who are scored but refused marketing (their latest consent record says so)."""
+    rows = store.query("SELECT user_id FROM consent FINAL WHERE NOT opted_out AND NOT marketing")
+    return frozenset(rows.column("user_id").to_pylist())
+
+
+def erased_user_hashes(store: Store) -> frozenset[str]:
+    """SHA-256 of every erased user id (see :func:`user_hash`).
+
+    For the pipeline: compare with ``user_hash`` of ids it holds or first
+    sees, to drop an erased user from its state, and - if policy says so - to
+    keep a replay of old events from bringing them back.
+    """
+    rows = store.query("SELECT DISTINCT user_hash FROM erasure_log")
+    return frozenset(rows.column("user_hash").to_pylist())
+
+
+def erase_from_recovery(recovery_dir: Path, user_ids: Iterable[str]) -> int:
+    """Remove users from every shard snapshot in a Bytewax recovery store; return the rows erased.
+
+    A restarted pipeline resumes from these snapshots, so an erasure that left
+    them alone would bring the user back with the next silence timer. Run it
+    while the pipeline is stopped (Bytewax holds the recovery store while it
+    runs): every snapshot version of every shard is rewritten.
+    """
+    import pickle
+    import sqlite3
+
+    from pipelines.contract.events import hash_strings
+    from pipelines.core.playbook import ActionLedger
+    from pipelines.core.state import ShardState
+
+    ids = np.array([normalize_user_id(u) for u in user_ids], dtype=object)
+    keys = hash_strings(ids)
+    erased = 0
+    parts = sorted(recovery_dir.glob("part-*.sqlite3"))
+    if not parts:
+        raise ValueError(f"{recovery_dir}: not a Bytewax recovery store (no part-*.sqlite3)")
+    for part in parts:
+        with sqlite3.connect(part) as db:
+            rows = db.execute(
+                "SELECT step_id, state_key, snap_epoch, ser_change FROM snaps "
+                "WHERE step_id LIKE '%.state.stateful_batch' AND ser_change IS NOT NULL"
+            ).fetchall()
+            for step_id, key, epoch, blob in rows:
+                snap = pickle.loads(blob)
+                state = ShardState.restore(snap["state"])
+                state_rows = state.lookup(keys)
+                n = state.erase(keys)
+                if not n:
+                    continue
+                erased += n
+                snap["state"] = state.snapshot_arrays()
+                gone = np.flatnonzero(state.user_id[: state.n] == "")
+                snap["pending"] = snap["pending"][~np.isin(snap["pending"], gone)]
+                led = snap.get("ledger")
+                if led is not None:  # the users' action history (playbooks) goes too
+                    ledger = ActionLedger.restore(led, tuple(led["actions"]), tuple(led["rules"]))
+                    ledger.clear(state_rows)
+                    snap["ledger"] = ledger.snapshot(led["given"].shape[0])
+                db.execute(
+                    "UPDATE snaps SET ser_change = ? WHERE step_id = ? AND state_key = ? AND snap_epoch = ?",
+                    (pickle.dumps(snap, protocol=pickle.HIGHEST_PROTOCOL), step_id, key, epoch),
+                )
+    return erased
