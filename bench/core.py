@@ -29,7 +29,8 @@ import pyarrow as pa
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from prometheus_client import CollectorRegistry
 
-from pipelines.contract.events import TYPE_CODE, EventColumns, RawBatch, hash_strings
+from pipelines.contract.events import TYPE_CODE, EventColumns, RawBatch
+from pipelines.contract.ids import hash_strings
 from pipelines.core.defaults import default_playbook
 from pipelines.core.playbook import ActionLedger
 from pipelines.core.state import ShardState

@@ -135,12 +135,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from models.artifact import save_artifact
     from models.fit import FitConfig, fit
     from models.reference import build_reference
+    from pipelines.contract.time import DAY_MS, as_of_ms, ms_to_day
     from pipelines.core.defaults import MATURE, STAGES, default_taxonomy
     from pipelines.core.features import FEATURE_NAMES, LOG_MASK, schema_hash
-    from pipelines.core.state import DAY_MS
     from pipelines.monitoring.drift import META_KEY as DRIFT_META_KEY
     from pipelines.monitoring.drift import reference_from_events
-    from pipelines.offline.history import as_of_ms, ms_to_day
     from pipelines.offline.training import build_training_set
 
     cutoff = as_of_ms(args.as_of)
@@ -239,7 +238,8 @@ def _predict(model: Any, x: Any) -> dict[str, Any]:
 @_guard
 def cmd_score(args: argparse.Namespace) -> int:
     """Score every user seen up to --as-of with the streaming scorer; write CSV or Parquet."""
-    from pipelines.offline.history import as_of_ms, score_as_of, write_scores
+    from pipelines.contract.time import as_of_ms
+    from pipelines.offline.history import score_as_of, write_scores
     from pipelines.scoring.scorer import Scorer
 
     if not args.out.name.lower().endswith((".csv", ".parquet", ".pq")):
@@ -262,7 +262,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 @_guard
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Temporal holdout at --as-of: the model and both baselines on the same users and labels."""
-    from pipelines.offline.history import as_of_ms
+    from pipelines.contract.time import as_of_ms
     from pipelines.scoring.scorer import Scorer
 
     scorer = Scorer.from_dir(args.model, device=args.device)
@@ -304,10 +304,9 @@ def evaluate_holdout(
     from models.baselines import RFMRule, bgnbd_p_none, fit_bgnbd
     from models.network import HEADS
     from models.report import ReportData, write_report
+    from pipelines.contract.time import DAY_MS, ms_to_iso
     from pipelines.core.defaults import MATURE, STAGES, default_taxonomy
     from pipelines.core.features import INDEX
-    from pipelines.core.state import DAY_MS
-    from pipelines.offline.history import ms_to_iso
     from pipelines.offline.training import build_holdout
 
     meta = scorer.artifact.meta

@@ -62,7 +62,7 @@ def register(sub: Any) -> None:
 
 def parse_as_of(text: str) -> int:
     """``YYYY-MM-DD`` (end of that day, UTC+8), an ISO-8601 instant with an offset, or epoch ms."""
-    from pipelines.offline.history import as_of_ms
+    from pipelines.contract.time import as_of_ms
 
     s = text.strip()
     if s.isdigit():

@@ -22,16 +22,17 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from pipelines.contract.ids import hash_strings, normalize_user_ids
+from pipelines.contract.time import MIN_EPOCH_MS
 
 # --------------------------------------------------------------------------- vocabulary
 
@@ -84,7 +85,7 @@ EXIT_TYPES: frozenset[str] = frozenset({"unfollow", "delete_contact", "unsubscri
 #: Acquisition / reconnection: the user (re)entered the private domain.
 ACQUIRE_TYPES: frozenset[str] = frozenset({"register", "follow", "add_contact"})
 
-MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z; earlier epoch-ms values are bad data
+MIN_TS_MS = MIN_EPOCH_MS  # earlier epoch-ms values are bad data
 MAX_USER_ID_CHARS = 128
 #: Largest accepted ``amount`` (CNY). Larger finite values (``1e300``) overflow the float32 state
 #: sums to inf and would poison that user's features for good, so they are bad data, not orders.
@@ -287,15 +288,6 @@ _ONE_DECODER = msgspec.json.Decoder(_WireEvent)
 _DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
-def hash_strings(values: npt.NDArray[np.object_]) -> npt.NDArray[np.int64]:
-    """Stable 64-bit hashes of strings (SipHash with pandas' fixed key), vectorised.
-
-    Stable across processes and restarts, unlike ``hash()``; collisions are
-    detected by the shard state, which keeps the original id per row.
-    """
-    if values.shape[0] == 0:
-        return np.zeros(0, np.int64)
-    return pd.util.hash_array(values, categorize=False).view(np.int64)
 
 
 def _classify(err: BaseException) -> RejectReason:
@@ -371,8 +363,7 @@ def _normalise_user_ids(ids: list[str]) -> tuple[npt.NDArray[np.object_], npt.ND
     out = np.asarray(ids, dtype=object)
     non_ascii = ~pc.string_is_ascii(arr).to_numpy(zero_copy_only=False)
     if non_ascii.any():  # ASCII is NFC already: only the rest pays for normalisation
-        for i in np.flatnonzero(non_ascii):
-            out[i] = unicodedata.normalize("NFC", out[i])
+        normalize_user_ids(out, non_ascii)
         arr = pa.array(out, type=pa.string())
     lengths = pc.utf8_length(arr).to_numpy(zero_copy_only=False)
     bad = (lengths == 0) | (lengths > MAX_USER_ID_CHARS)

@@ -17,7 +17,8 @@ import numpy as np
 import numpy.typing as npt
 
 from pipelines.contract.events import CHANNELS
-from pipelines.core.state import DAY_MS, FAMILIES, HORIZON_DAYS, NEVER, ShardState, day_index
+from pipelines.contract.time import DAY_MS, NEVER, day_index
+from pipelines.core.state import FAMILIES, HORIZON_DAYS, ShardState
 
 FEATURE_VERSION = 1
 

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pipelines.contract.time import DAY_MS, NEVER
 from pipelines.core.features import FEATURE_NAMES, INDEX
 from pipelines.core.rules import (
     Category,
@@ -57,8 +58,6 @@ from pipelines.core.taxonomy import CONFIG_DIR, SCORES, FeatureContext, Taxonomy
 PLAYBOOK_DIR = CONFIG_DIR / "playbooks"
 DEFAULT_PLAYBOOK = "lifecycle-5"
 NONE = "none"
-DAY_MS = 86_400_000
-NEVER = np.iinfo(np.int64).min // 4
 
 
 @dataclass(frozen=True, slots=True)

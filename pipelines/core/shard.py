@@ -34,11 +34,12 @@ import numpy as np
 import numpy.typing as npt
 
 from pipelines.contract.events import EventColumns, Rejection, RejectReason
+from pipelines.contract.time import NEVER
 from pipelines.core.dedup import Deduplicator
 from pipelines.core.defaults import default_playbook, default_taxonomy
 from pipelines.core.features import compute_features
 from pipelines.core.playbook import ActionLedger, Playbook
-from pipelines.core.state import NEVER, ShardState
+from pipelines.core.state import ShardState
 from pipelines.core.taxonomy import Taxonomy
 from pipelines.core.timers import SilenceTimers
 

@@ -25,12 +25,9 @@ import numpy.typing as npt
 from pandas._libs import hashtable as pd_hashtable
 
 from pipelines.contract.events import ACQUIRE_TYPES, EXIT_TYPES, TYPE_CODE, EventColumns
+from pipelines.contract.time import DAY_MS, NEVER, day_index
 
-DAY_MS = 86_400_000
 HORIZON_DAYS: tuple[int, ...] = (7, 30, 90)
-#: Calendar days start at midnight UTC+8 (the brands' operating calendar).
-DAY_OFFSET_MS = 8 * 3_600_000
-NEVER = np.iinfo(np.int64).min // 4  # "no such event yet"; far enough from overflow
 
 #: Event families counted in decayed windows. Several types may share a family.
 FAMILIES: tuple[str, ...] = (
@@ -118,9 +115,6 @@ _ROW_ARRAYS: tuple[str, ...] = (
 )
 
 
-def day_index(ts_ms: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Operating-calendar day number of each timestamp."""
-    return (ts_ms + DAY_OFFSET_MS) // DAY_MS
 
 
 @dataclass

@@ -33,6 +33,7 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 
 from pipelines.contract.events import Decoded, DecodeLimits, EventColumns, RawBatch, Rejection, decode_batch
+from pipelines.contract.time import Clock
 from pipelines.core.playbook import decide, playbook_context
 from pipelines.core.rows import Labels, Records, action_columns, reject_records, score_records
 from pipelines.core.shard import ShardConfig, ShardProcessor, ShardResult
@@ -43,8 +44,6 @@ from pipelines.monitoring.drift import DriftMonitor
 from pipelines.monitoring.metrics import PipelineMetrics
 from pipelines.privacy.consent import ConsentFilter
 from pipelines.scoring.scorer import Scorer
-
-Clock = Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from bytewax.run import cli_main
 from prometheus_client import CollectorRegistry
 
 from pipelines.contract.events import DecodeLimits, RawBatch
+from pipelines.contract.time import Clock
 from pipelines.flow.dataflow import FlowConfig, build_flow
 from pipelines.io.files import FileSource, IteratorSource
 from pipelines.io.store.base import Store, open_store, record_model_version
@@ -35,7 +36,6 @@ from pipelines.scoring.scorer import Scorer
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
-Clock = Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,7 @@ import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from pipelines.contract.events import RawBatch
-
-Clock = Callable[[], float]
+from pipelines.contract.time import Clock
 
 
 def _open(path: Path) -> io.BufferedIOBase:

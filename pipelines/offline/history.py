@@ -21,7 +21,6 @@ applied once (the first occurrence in the file), as a producer retry should be.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -36,9 +35,10 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from pipelines.contract.events import DecodeLimits, EventColumns, RawBatch, decode_batch
+from pipelines.contract.time import DAY_MS, NEVER
 from pipelines.core.defaults import default_taxonomy
 from pipelines.core.features import compute_features
-from pipelines.core.state import DAY_MS, NEVER, ShardState
+from pipelines.core.state import ShardState
 from pipelines.core.taxonomy import Taxonomy
 from pipelines.io.files import read_batches
 from pipelines.scoring.scorer import Scorer
@@ -47,27 +47,9 @@ _CHUNK = 250_000
 _ROWS_PER_BATCH = 100_000
 #: History files hold past events: judge "future" against a clock far ahead, so only the as-of bounds them.
 _OFFLINE_FUTURE_MS = 10 * 365 * DAY_MS
-_TZ_OPERATING = dt.timezone(dt.timedelta(hours=8))
 _FIELDS = ("event_id", "user_id", "ts", "type", "channel", "amount", "props")
 
 
-def as_of_ms(day: str | dt.date) -> int:
-    """``YYYY-MM-DD`` -> epoch ms of the *end* of that day in UTC+8 (the operating calendar).
-
-    Events at or before this instant are "up to the as-of date"; later ones are its future.
-    """
-    d = dt.date.fromisoformat(day) if isinstance(day, str) else day
-    return int(dt.datetime.combine(d + dt.timedelta(days=1), dt.time(), _TZ_OPERATING).timestamp() * 1000)
-
-
-def ms_to_iso(ms: int) -> str:
-    """Epoch ms as an ISO-8601 instant in UTC+8."""
-    return dt.datetime.fromtimestamp(ms / 1000, _TZ_OPERATING).isoformat(timespec="seconds")
-
-
-def ms_to_day(ms: int) -> str:
-    """The as-of date whose end is ``ms`` (inverse of :func:`as_of_ms` for day ends)."""
-    return (dt.datetime.fromtimestamp((ms - 1) / 1000, _TZ_OPERATING)).date().isoformat()
 
 
 # --------------------------------------------------------------------------- reading

@@ -61,12 +61,14 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from pipelines.contract.events import EventColumns, hash_strings
+from pipelines.contract.events import EventColumns
+from pipelines.contract.ids import hash_strings
+from pipelines.contract.time import NEVER
 from pipelines.core.defaults import default_taxonomy
 from pipelines.core.features import compute_features
 from pipelines.core.rows import ACTION_COLUMNS, Labels, score_records
 from pipelines.core.shard import FeatureRows
-from pipelines.core.state import NEVER, ShardState
+from pipelines.core.state import ShardState
 from pipelines.core.taxonomy import Taxonomy
 from pipelines.io.store.base import Store, record_model_version
 from pipelines.offline.history import first_occurrences, read_history, sort_by_time, state_as_of

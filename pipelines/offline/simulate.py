@@ -47,6 +47,7 @@ import numpy.typing as npt
 import polars as pl
 
 from pipelines.contract.events import CHANNELS, EVENT_TYPES, TYPE_CODE
+from pipelines.contract.time import DAY_MS, HOUR_MS, day_start_ms
 
 __all__ = [
     "SEGMENTS",
@@ -73,9 +74,6 @@ _N_STAGES = len(STAGES)
 _N_SEGMENTS = len(SEGMENTS)
 _N_TYPES = len(EVENT_TYPES)
 
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
-_UTC8 = dt.timezone(dt.timedelta(hours=8))
 _CH = {name: i for i, name in enumerate(CHANNELS)}
 _T = TYPE_CODE
 
@@ -284,7 +282,7 @@ class SimConfig:
     @property
     def start_ms(self) -> int:
         """Epoch ms of UTC+8 midnight on ``start``: the window's first instant."""
-        return int(dt.datetime.combine(self.start, dt.time(0), tzinfo=_UTC8).timestamp() * 1000)
+        return day_start_ms(self.start)
 
     @property
     def end_ms(self) -> int:

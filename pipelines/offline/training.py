@@ -25,8 +25,9 @@ import numpy as np
 import numpy.typing as npt
 
 from pipelines.contract.events import TYPE_CODE, EventColumns
+from pipelines.contract.time import DAY_MS, NEVER, day_index
 from pipelines.core.features import compute_features
-from pipelines.core.state import ACTIVE_CODE, DAY_MS, NEVER, ShardState, day_index
+from pipelines.core.state import ACTIVE_CODE, ShardState
 from pipelines.offline.history import read_history, replay_until, sort_by_time
 
 __all__ = [

@@ -20,7 +20,8 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from pipelines.contract.events import EventColumns, hash_strings
+from pipelines.contract.events import EventColumns
+from pipelines.contract.ids import hash_strings
 from pipelines.io.store.base import Store
 from pipelines.privacy.erasure import no_marketing_users, opted_out_users
 

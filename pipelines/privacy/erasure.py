@@ -20,13 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import unicodedata
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from pipelines.contract.ids import normalize_user_id
 from pipelines.io.store.base import Store
 
 _TS = pa.timestamp("ms", tz="UTC")
@@ -49,9 +49,6 @@ SHARDED: frozenset[str] = frozenset(
 )
 
 
-def normalize_user_id(user_id: str) -> str:
-    """The id as the pipeline stores it (NFC), so an id typed in another normal form still matches."""
-    return unicodedata.normalize("NFC", user_id)
 
 
 def user_hash(user_id: str) -> str:
@@ -179,7 +176,7 @@ def erase_from_recovery(recovery_dir: Path, user_ids: Iterable[str]) -> int:
     import pickle
     import sqlite3
 
-    from pipelines.contract.events import hash_strings
+    from pipelines.contract.ids import hash_strings
     from pipelines.core.playbook import ActionLedger
     from pipelines.core.state import ShardState
 

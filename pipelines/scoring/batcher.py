@@ -41,8 +41,9 @@ from typing import Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from pipelines.contract.time import Clock
+
 R = TypeVar("R")
-Clock = Callable[[], float]
 Features = npt.NDArray[np.float32]
 
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.contract.events import CHANNEL_CODE, TYPE_CODE, EventColumns, RawBatch, hash_strings
+from pipelines.contract.events import CHANNEL_CODE, TYPE_CODE, EventColumns, RawBatch
+from pipelines.contract.ids import hash_strings
 
 _EVENT_SEQ = itertools.count(1)
 DAY_MS = 86_400_000

@@ -76,7 +76,6 @@ import bisect
 import logging
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -100,6 +99,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from pipelines.contract.events import RawBatch
+from pipelines.contract.ids import user_key_bytes
+from pipelines.contract.time import MIN_EPOCH_MS, Clock
 
 if TYPE_CHECKING:
     from prometheus_client import Gauge
@@ -107,7 +108,6 @@ if TYPE_CHECKING:
     from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
-Clock = Callable[[], float]
 
 #: How long one ``consume`` call may block the Bytewax worker when the local queue is short.
 POLL_TIMEOUT_S = 0.005
@@ -155,7 +155,7 @@ def parse_kafka_url(url: str) -> tuple[str, str]:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Epoch-ms start values below this (2000-01-01) are taken for a unit mistake (seconds), not a time.
-_MIN_START_MS = 946_684_800_000
+_MIN_START_MS = MIN_EPOCH_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -661,7 +661,7 @@ def key_by_user_id(line: bytes) -> bytes | None:
     except (msgspec.DecodeError, UnicodeDecodeError):
         return None
     # NFC like the decoder (pipelines.contract.events), so that spellings of one user share a partition.
-    return (user_id if user_id.isascii() else unicodedata.normalize("NFC", user_id)).encode()
+    return user_key_bytes(user_id)
 
 
 #: Producer defaults for bulk and sink producers; ``config`` overrides any of them (security, tuning).

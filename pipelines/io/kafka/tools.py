@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from pipelines.contract.ids import user_key_bytes
 from pipelines.io.kafka.source import KafkaSourceError, parse_kafka_url, produce_records
 
 if TYPE_CHECKING:
@@ -112,9 +112,6 @@ def _partition_count(admin: AdminClient, bootstrap: str, topic: str, timeout_s: 
 # --------------------------------------------------------------------------- simulated streams
 
 
-def _user_key(user_id: str) -> bytes:
-    # NFC like the decoder and key_by_user_id: spellings of one user share a partition.
-    return (user_id if user_id.isascii() else unicodedata.normalize("NFC", user_id)).encode()
 
 
 def produce_events(
@@ -143,7 +140,7 @@ def produce_events(
         user_ids = events["user_id"].to_list()
         pos = 0
         for lines in iter_ndjson_batches(events, batch_rows):
-            keys = [_user_key(u) for u in user_ids[pos : pos + len(lines)]]
+            keys = [user_key_bytes(u) for u in user_ids[pos : pos + len(lines)]]
             pos += len(lines)
             yield from zip(keys, lines, strict=True)
 

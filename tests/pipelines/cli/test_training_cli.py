@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from pipelines.cli.model import main
+from pipelines.contract.time import as_of_ms
 from pipelines.core.features import FEATURE_NAMES
 from pipelines.monitoring.drift import DriftReference
-from pipelines.offline.history import as_of_ms
 from pipelines.offline.simulate import SimConfig, simulate, write_jsonl
 from pipelines.scoring.scorer import Scorer
 

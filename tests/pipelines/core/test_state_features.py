@@ -5,8 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.contract.events import TYPE_CODE
+from pipelines.contract.time import DAY_MS, day_index
 from pipelines.core.features import INDEX, compute_features
-from pipelines.core.state import ACTIVE_CODE, DAY_MS, FAMILIES, FAMILY_OF_CODE, HORIZON_DAYS, ShardState, day_index
+from pipelines.core.state import ACTIVE_CODE, FAMILIES, FAMILY_OF_CODE, HORIZON_DAYS, ShardState
 from tests.support.events import T0, columns
 
 TYPES = ["page_view", "order", "message_read", "coupon_claim", "coupon_redeem", "unfollow", "share"]

@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.contract.events import EventColumns
+from pipelines.contract.time import as_of_ms, ms_to_day
 from pipelines.core.shard import ShardConfig, ShardProcessor
-from pipelines.offline.history import as_of_ms, ms_to_day, read_history, score_as_of, write_scores
+from pipelines.offline.history import read_history, score_as_of, write_scores
 from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, Scorer
 from tests.support.events import DAY_MS, T0, columns
 

@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 
 from pipelines.contract.events import CHANNELS, EVENT_TYPES, EXIT_TYPES, RawBatch, decode_batch
+from pipelines.contract.time import DAY_MS
 from pipelines.offline.simulate import (
-    DAY_MS,
     SEGMENTS,
     STAGES,
     SimConfig,
