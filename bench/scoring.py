@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from pipelines.core.features import FEATURE_NAMES, schema_hash
-from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, FusedWeights, Scorer, fused_forward, top_positive
+from pipelines.scoring.fused import FusedWeights, fused_forward, top_positive
+from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, Scorer
 
 BATCHES = (1, 16, 256, 1024, 4096, 65536, 262144)
 MODES = ("probs", "top3", "reasons")

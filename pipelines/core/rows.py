@@ -14,9 +14,9 @@ import pyarrow as pa
 
 from pipelines.contract.events import Rejection
 from pipelines.core.playbook import ActionLedger, Decisions, Playbook, action_names, rule_names
+from pipelines.core.scores import Scores
 from pipelines.core.shard import FeatureRows
 from pipelines.core.taxonomy import Taxonomy
-from pipelines.scoring.scorer import Scores
 
 _TS = pa.timestamp("ms", tz="UTC")
 

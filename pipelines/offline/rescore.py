@@ -67,13 +67,14 @@ from pipelines.contract.time import NEVER
 from pipelines.core.defaults import default_taxonomy
 from pipelines.core.features import compute_features
 from pipelines.core.rows import ACTION_COLUMNS, Labels, score_records
+from pipelines.core.scores import Scores
 from pipelines.core.shard import FeatureRows
 from pipelines.core.state import ShardState
 from pipelines.core.taxonomy import Taxonomy
 from pipelines.io.store.base import Store, record_model_version
 from pipelines.offline.history import first_occurrences, read_history, sort_by_time, state_as_of
 from pipelines.privacy.erasure import opted_out_users
-from pipelines.scoring.scorer import Scorer, Scores
+from pipelines.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
 

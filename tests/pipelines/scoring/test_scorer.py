@@ -1,7 +1,7 @@
 """The scoring engine on the CPU: same scores and reasons as the reference maths, OOM split, device fallback, NaN/inf.
 
 CUDA is exercised in ``test_scoring_cuda.py`` (skipped without a GPU); here a failing or
-out-of-memory device is an injected :class:`~pipelines.scoring.scorer.Engine`.
+out-of-memory device is an injected :class:`~pipelines.scoring.fused.Engine`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,15 @@ from models.artifact import Artifact, load_artifact
 from models.network import input_x_gradient
 from pipelines.contract.events import EventColumns, RawBatch, decode_batch
 from pipelines.core.features import FEATURE_NAMES, REGISTRY, compute_features, schema_hash
+from pipelines.core.scores import Scores
 from pipelines.monitoring.metrics import PipelineMetrics
 from pipelines.offline.history import sort_by_time, state_as_of
 from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
+from pipelines.scoring import cpu
 from pipelines.scoring import scorer as scoring
-from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, CpuEngine, RawScores, Scorer, Scores
+from pipelines.scoring.cpu import CpuEngine
+from pipelines.scoring.fused import FusedWeights, RawScores
+from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, Scorer
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +116,13 @@ def test_nonfinite_rows_are_zeroed_counted_and_never_reach_the_model(
     x[7, 9] = -np.inf
     x[20, 70] = np.nan
     seen: list[torch.Tensor] = []
-    real = scoring.fused_forward
+    real = cpu.fused_forward
 
-    def spy(w: scoring.FusedWeights, t: torch.Tensor, **kw: bool) -> tuple:
+    def spy(w: FusedWeights, t: torch.Tensor, **kw: bool) -> tuple:
         seen.append(t.clone())
         return real(w, t, **kw)
 
-    monkeypatch.setattr(scoring, "fused_forward", spy)
+    monkeypatch.setattr(cpu, "fused_forward", spy)
     reg = CollectorRegistry()
     scorer = _cpu(artifact, metrics=PipelineMetrics(reg))
     got = scorer.score(x)
@@ -268,7 +272,7 @@ def test_a_network_the_fused_path_does_not_recognise_is_scored_by_the_reference(
     def disagree(*a: object, **k: object) -> float:
         raise ValueError("fused scoring disagrees with the reference")
 
-    monkeypatch.setattr(scoring, "check_against_reference", disagree)
+    monkeypatch.setattr(cpu, "check_against_reference", disagree)
     scorer = _cpu(artifact)
     assert isinstance(scorer._engine, CpuEngine) and scorer._engine.weights is None  # noqa: SLF001
     probs, reasons = reference_scores(scorer.model, features[:200])

@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 from models.artifact import Artifact, load_artifact
 from pipelines.core.features import FEATURE_NAMES, schema_hash
 from pipelines.monitoring.metrics import PipelineMetrics
-from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, CudaEngine, Scorer
+from pipelines.scoring.cuda import CudaEngine
+from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, Scorer
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),
