@@ -21,7 +21,7 @@ venv: $(STAMP)
 # make demo KAFKA=1: the same demo through a local Kafka-protocol broker (tansu), stopped afterwards.
 demo: $(STAMP)
 ifeq ($(KAFKA),1)
-	$(BIN)/python -m pipelines.io.kafka.tools demo --users $${DEMO_USERS:-50000} --days $${DEMO_DAYS:-30} \
+	$(BIN)/python -m devtools.kafka_demo demo --users $${DEMO_USERS:-50000} --days $${DEMO_DAYS:-30} \
 		--partitions $${DEMO_PARTITIONS:-2} --store $${DEMO_STORE:-chdb://./data/lifecycle.chdb}
 else
 	$(BIN)/lifecycle run --input simulate --sim-users $${DEMO_USERS:-50000} --sim-days $${DEMO_DAYS:-30} \

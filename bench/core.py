@@ -36,8 +36,10 @@ from pipelines.core.playbook import ActionLedger
 from pipelines.core.state import ShardState
 from pipelines.flow.runner import open_migrated_store, run_pipeline
 from pipelines.io.files import IteratorSource
-from pipelines.io.store.base import ChdbStore
-from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate, to_ndjson_bytes
+from pipelines.io.store.chdb import ChdbStore
+from pipelines.io.store.migrations import migrate
+from pipelines.offline.simulate import SimConfig, simulate
+from pipelines.offline.simulate_io import iter_ndjson_batches, to_ndjson_bytes
 from pipelines.settings import Settings
 
 
@@ -249,7 +251,7 @@ def bench_latency(max_rate: float, seconds: float) -> None:
         batch = max(500, int(rate / 10))  # ~10 batches per second
         s = _settings(tmp, score_interval_seconds=1.0, batch_events=batch)
         store = _TimedStore(tmp / "store.chdb")
-        store.migrate(s.sql_dir)
+        migrate(store, s.sql_dir)
         res = run_pipeline(
             s,
             registry=CollectorRegistry(),

@@ -15,7 +15,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipelines.io.store.base import ChdbStore, HttpStore, Store
+from pipelines.io.store.base import Store
+from pipelines.io.store.chdb import ChdbStore
+from pipelines.io.store.http import HttpStore
+from pipelines.io.store.migrations import migrate
 from pipelines.settings import DEFAULT_SQL
 from tests.support.chdb_http import ChdbHttpServer
 
@@ -45,7 +48,7 @@ def score_table(n: int, seed: int = 1) -> pa.Table:
 
 
 def run(store: Store, blocks: list[pa.Table]) -> float:
-    store.migrate(DEFAULT_SQL)
+    migrate(store, DEFAULT_SQL)
     t0 = time.perf_counter()
     for b in blocks:
         store.insert("user_scores", b)

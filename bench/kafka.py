@@ -31,11 +31,12 @@ from typing import Any
 import torch
 from prometheus_client import CollectorRegistry
 
+from devtools.broker import TansuBroker
 from pipelines.flow.runner import run_pipeline
 from pipelines.io.files import IteratorSource
 from pipelines.io.kafka.source import KafkaBatchSource
-from pipelines.io.kafka.tools import TansuBroker, produce_events
-from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
+from pipelines.offline.simulate import SimConfig, simulate
+from pipelines.offline.simulate_io import iter_ndjson_batches, produce_events
 from pipelines.settings import Settings
 
 _TICK = os.sysconf("SC_CLK_TCK")

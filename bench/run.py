@@ -24,7 +24,8 @@ from pipelines.contract.events import RawBatch, decode_batch
 from pipelines.core.shard import ShardConfig, ShardProcessor
 from pipelines.flow.dataflow import split_by_shard
 from pipelines.flow.runner import run_pipeline
-from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
+from pipelines.offline.simulate import SimConfig, simulate
+from pipelines.offline.simulate_io import iter_ndjson_batches
 from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, Scorer
 from pipelines.settings import Settings
 

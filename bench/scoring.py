@@ -51,7 +51,8 @@ def simulated_features(users: int) -> np.ndarray:
     from pipelines.contract.events import EventColumns, RawBatch, decode_batch
     from pipelines.core.features import compute_features
     from pipelines.offline.history import sort_by_time, state_as_of
-    from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
+    from pipelines.offline.simulate import SimConfig, simulate
+    from pipelines.offline.simulate_io import iter_ndjson_batches
 
     sim = simulate(SimConfig(users=users, days=30))
     parts = [

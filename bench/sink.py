@@ -4,7 +4,7 @@ Blocks are shaped like the pipeline's (the Arrow types of ``pipelines/core/rows.
 at the sizes the flow produces per insert (``BENCH_SINK_BLOCKS``, default
 20000 and 200000 rows), into a freshly migrated store, so every insert also
 feeds the ``score_history`` materialized view as in production. The HTTP figure
-goes through :class:`pipelines.io.store.base.HttpStore` (content hash, deduplication
+goes through :class:`pipelines.io.store.http.HttpStore` (content hash, deduplication
 token, Arrow stream) to chDB served behind ClickHouse's HTTP interface on
 loopback. ``sink_chdb_no_history_rows_per_s`` is the same without the view
 (user_scores alone). Each figure is the median of ``BENCH_SINK_REPEATS`` runs
@@ -25,7 +25,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipelines.io.store.base import ChdbStore, HttpStore, Store
+from pipelines.io.store.base import Store
+from pipelines.io.store.chdb import ChdbStore
+from pipelines.io.store.http import HttpStore
+from pipelines.io.store.migrations import migrate
 from pipelines.settings import DEFAULT_SQL
 from tests.support.chdb_http import ChdbHttpServer
 
@@ -77,7 +80,7 @@ def measure(open_store: Callable[[], Store], blocks: list[pa.Table], *, history:
     """
     store = open_store()
     try:
-        store.migrate(DEFAULT_SQL)
+        migrate(store, DEFAULT_SQL)
         if not history:
             store.command("DROP VIEW score_history_mv")
         t0 = time.perf_counter()

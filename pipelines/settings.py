@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     @field_validator("kafka_start")
     @classmethod
     def _kafka_start(cls, v: str) -> str:
-        from pipelines.io.kafka.source import parse_kafka_start
+        from pipelines.io.kafka.url import parse_kafka_start
 
         parse_kafka_start(v)  # ValueError names the accepted forms
         return v
@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     @field_validator("dead_letter_topic", "transitions_topic")
     @classmethod
     def _kafka_topic_url(cls, v: str | None) -> str | None:
-        from pipelines.io.kafka.source import parse_kafka_url
+        from pipelines.io.kafka.url import parse_kafka_url
 
         if v is not None:
             parse_kafka_url(v)

@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipelines.io.store.base import Store, StoreError
+from pipelines.io.store.migrations import migrate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _open(args: argparse.Namespace) -> tuple[Store, Path]:
     """The store named by ``--store`` (else the settings), and the migrations directory."""
-    from pipelines.io.store.base import open_store
+    from pipelines.io.store.url import open_store
     from pipelines.settings import Settings
 
     overrides = {"store": args.store, "sql_dir": getattr(args, "sql_dir", None)}
@@ -95,7 +96,7 @@ def _run(args: argparse.Namespace, action: str) -> int:
         if action != "db migrate":
             # consent may be recorded before the pipeline first ran, and both commands write columns
             # of the newest schema: bring the store up to date first (idempotent)
-            store.migrate(sql_dir)
+            migrate(store, sql_dir)
         if action == "db migrate":
             from pipelines.io.store.migrations import apply_migrations, discover
 

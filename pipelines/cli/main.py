@@ -239,10 +239,11 @@ def _run_local_cluster(args: argparse.Namespace, s: Settings, console: Any) -> i
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from pipelines.offline.simulate import SimConfig, simulate, write_jsonl, write_truth_csv
+    from pipelines.offline.simulate import SimConfig, simulate
+    from pipelines.offline.simulate_io import write_jsonl, write_truth_csv
 
     if args.out.startswith("kafka://"):
-        from pipelines.io.kafka.tools import simulate_to_kafka
+        from pipelines.offline.simulate_io import simulate_to_kafka
 
         config = {k: v.get_secret_value() for k, v in _settings({}).kafka_config.items()}  # LIFECYCLE_KAFKA_CONFIG
         n = simulate_to_kafka(
@@ -274,7 +275,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.io.store.base import open_store
+    from pipelines.io.store.url import open_store
 
     s = _settings({"store": args.store})
     store = open_store(s.store, user=s.store_user, password=s.store_password.get_secret_value())

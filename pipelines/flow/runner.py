@@ -28,7 +28,9 @@ from pipelines.contract.events import DecodeLimits, RawBatch
 from pipelines.contract.time import Clock
 from pipelines.flow.dataflow import FlowConfig, build_flow
 from pipelines.io.files import FileSource, IteratorSource
-from pipelines.io.store.base import Store, open_store, record_model_version
+from pipelines.io.store.base import Store, record_model_version
+from pipelines.io.store.migrations import migrate
+from pipelines.io.store.url import open_store
 from pipelines.monitoring.drift import DriftMonitor, DriftReference
 from pipelines.monitoring.metrics import PipelineMetrics, serve
 from pipelines.privacy.consent import ConsentFilter
@@ -68,7 +70,8 @@ def make_source(
 ) -> tuple[Source[RawBatch], str, int | None]:
     """The source for ``s.input``, its kind label, and the number of events if known up front."""
     if s.input == "simulate":
-        from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
+        from pipelines.offline.simulate import SimConfig, simulate
+        from pipelines.offline.simulate_io import iter_ndjson_batches
 
         sim = simulate(SimConfig(users=s.sim_users, days=s.sim_days, seed=s.sim_seed))
         events = sim.events
@@ -81,7 +84,17 @@ def make_source(
         from pipelines.io.kafka.source import KafkaBatchSource
 
         lag = metrics.kafka_lag if metrics is not None else None
-        return KafkaBatchSource.from_url(s.input, settings=s, clock=clock, lag_gauge=lag), "kafka", None
+        source = KafkaBatchSource.from_url(
+            s.input,
+            batch_events=s.batch_events,
+            start=s.kafka_start,
+            eof_exit=s.kafka_eof_exit,
+            group_id=s.kafka_group,
+            config={k: v.get_secret_value() for k, v in s.kafka_config.items()},
+            clock=clock,
+            lag_gauge=lag,
+        )
+        return source, "kafka", None
     paths = [Path(p) for p in s.input.split(",")]
     # a line longer than an event may be is read only as far as the decoder needs to reject it (oversized)
     max_line = max(s.max_event_bytes + 1, 4096)
@@ -109,7 +122,7 @@ def kafka_outputs(s: Settings) -> dict[str, Any]:
 
 def open_migrated_store(s: Settings) -> Store:
     store = open_store(s.store, user=s.store_user, password=s.store_password.get_secret_value())
-    store.migrate(s.sql_dir)
+    migrate(store, s.sql_dir)
     return store
 
 
@@ -225,7 +238,7 @@ def install_graceful_stop() -> None:
     """
     import signal
 
-    from pipelines.io.kafka.source import request_stop
+    from pipelines.io.kafka.stop import request_stop
 
     def on_sigterm(signum: int, _frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM: stop at once

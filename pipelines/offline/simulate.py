@@ -36,10 +36,6 @@ over days. Strings and NDJSON are built by polars, chunk-wise.
 from __future__ import annotations
 
 import datetime as dt
-import io
-import os
-import pathlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,11 +50,7 @@ __all__ = [
     "STAGES",
     "SimConfig",
     "SimResult",
-    "iter_ndjson_batches",
     "simulate",
-    "to_ndjson_bytes",
-    "write_jsonl",
-    "write_truth_csv",
 ]
 
 # --------------------------------------------------------------------------- vocabulary
@@ -600,69 +592,13 @@ def simulate(cfg: SimConfig) -> SimResult:
 
 # --------------------------------------------------------------------------- serialisation
 
-#: Rows serialised per polars call: big enough to amortise the call, small enough
-#: to keep a chunk's bytes (~30 MB) in memory.
-_NDJSON_CHUNK_ROWS = 262_144
-#: Key order of the wire objects (the contract order of ``docs/events.md``).
-_WIRE_COLUMNS = ("event_id", "user_id", "ts", "type", "channel", "amount")
 
 
-def to_ndjson_bytes(events: pl.DataFrame) -> bytes:
-    """All events as NDJSON (one object per line, newline-terminated), keys in
-    contract order; ``amount`` is null for non-monetary events.
-    """
-    buf = io.BytesIO()
-    events.select(_WIRE_COLUMNS).write_ndjson(buf)
-    return buf.getvalue()
 
 
-def _ndjson_chunks(events: pl.DataFrame, chunk_rows: int) -> Iterator[bytes]:
-    """NDJSON of ``chunk_rows``-row slices: bounded memory for large frames."""
-    wire = events.select(_WIRE_COLUMNS)
-    for off in range(0, wire.height, chunk_rows):
-        yield to_ndjson_bytes(wire.slice(off, chunk_rows))
 
 
-def write_jsonl(events: pl.DataFrame, path: pathlib.Path) -> int:
-    """Write events as NDJSON, gzip level 1 when ``path`` ends in ``.gz`` (fast enough
-    not to bottleneck a benchmark, still ~6x smaller). Returns the number of events.
-
-    Polars streams the serialisation and compression natively (no whole-file buffer,
-    no GIL, deterministic gzip header), which is ~2x faster than Python's ``gzip``.
-    The file appears atomically (written as ``<name>.part``, then renamed), so a
-    source watching the directory never reads a half-written file.
-    """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    wire = events.select(_WIRE_COLUMNS)
-    if path.name.endswith(".gz"):
-        wire.write_ndjson(tmp, compression="gzip", compression_level=1, check_extension=False)
-    else:
-        wire.write_ndjson(tmp, check_extension=False)
-    os.replace(tmp, path)
-    return events.height
 
 
-def write_truth_csv(truth: pl.DataFrame, path: pathlib.Path) -> None:
-    """Write the ground truth as CSV (header row, booleans as ``true``/``false``)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    truth.write_csv(path)
 
 
-def iter_ndjson_batches(events: pl.DataFrame, batch_rows: int) -> Iterator[list[bytes]]:
-    r"""The NDJSON lines of :func:`to_ndjson_bytes` (no trailing newline), in ts
-    order, in lists of at most ``batch_rows``: the payloads of an in-memory source.
-
-    Serialises many batches per polars call and splits on ``b"\n"`` (JSON strings
-    never contain a raw newline), because per-row encoding would dominate a benchmark.
-    """
-    if batch_rows < 1:
-        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-    chunk_rows = max(1, _NDJSON_CHUNK_ROWS // batch_rows) * batch_rows
-    for chunk in _ndjson_chunks(events, chunk_rows):
-        lines = chunk.split(b"\n")
-        lines.pop()  # the empty string after the final newline
-        for off in range(0, len(lines), batch_rows):
-            yield lines[off : off + batch_rows]

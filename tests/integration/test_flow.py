@@ -11,8 +11,10 @@ from prometheus_client import CollectorRegistry
 
 from pipelines.core.defaults import STAGES
 from pipelines.flow.runner import RunResult, run_pipeline
-from pipelines.io.store.base import ChdbStore
-from pipelines.offline.simulate import SimConfig, simulate, write_jsonl
+from pipelines.io.store.chdb import ChdbStore
+from pipelines.io.store.migrations import migrate
+from pipelines.offline.simulate import SimConfig, simulate
+from pipelines.offline.simulate_io import write_jsonl
 from pipelines.settings import Settings
 from tests.support.events import T0, line
 
@@ -154,7 +156,7 @@ def test_opted_out_users_are_neither_scored_nor_written(tmp_path: Path) -> None:
 
     store = ChdbStore(tmp_path / "store.chdb")
     try:
-        store.migrate(Settings().sql_dir)
+        migrate(store, Settings().sql_dir)
         set_consent(store, ["refuser"], opted_out=True, source="test")
     finally:
         store.close()

@@ -14,7 +14,9 @@ import pyarrow as pa
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipelines.io.store.base import HttpStore, StoreError
+from pipelines.io.store.base import StoreError
+from pipelines.io.store.http import HttpStore
+from pipelines.io.store.migrations import migrate
 from pipelines.settings import DEFAULT_SQL, Settings
 from tests.support.chdb_http import ChdbHttpServer
 
@@ -36,7 +38,7 @@ def server(tmp_path: Path) -> Iterator[ChdbHttpServer]:
 @pytest.fixture
 def store(server: ChdbHttpServer) -> Iterator[HttpStore]:
     st = HttpStore(server.url)
-    st.migrate(DEFAULT_SQL)
+    migrate(st, DEFAULT_SQL)
     try:
         yield st
     finally:
@@ -71,7 +73,7 @@ def test_http_store_migrates_and_round_trips_scores(store: HttpStore) -> None:
         "score_history",
         "score_history_mv", "stage_transitions", "user_scores",
     ]  # fmt: skip
-    assert store.migrate(DEFAULT_SQL) == [p.name for p in sorted(DEFAULT_SQL.glob("*.sql"))]  # idempotent
+    assert migrate(store, DEFAULT_SQL) == [p.name for p in sorted(DEFAULT_SQL.glob("*.sql"))]  # idempotent
 
     sent = score_rows([f"u{i:04d}" for i in range(500)] + ["ü-unicode ✓", ""], version=1_760_000_000_000)
     store.insert("user_scores", sent)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipelines.io.kafka.source import key_by_user_id, produce_lines
+from pipelines.io.kafka.producer import key_by_user_id, produce_lines
 from pipelines.settings import Settings
 
 WIRED = {"dead_letter_topic", "transitions_topic"} <= set(Settings.model_fields)
@@ -29,7 +29,8 @@ pytestmark = [
 
 def _stream() -> tuple[list[bytes], dict[bytes, str], int]:
     """Simulated lines with bad ones sprinkled in, the bad payloads -> expected reason, and the users."""
-    from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
+    from pipelines.offline.simulate import SimConfig, simulate
+    from pipelines.offline.simulate_io import iter_ndjson_batches
 
     sim = simulate(SimConfig(users=300, days=10, seed=17))
     good = [line for batch in iter_ndjson_batches(sim.events, 10_000) for line in batch]
@@ -56,7 +57,7 @@ def test_every_event_is_applied_or_dead_lettered_and_transitions_reach_their_top
     kafka_broker, read_topic, tmp_path: Path
 ) -> None:
     from pipelines.flow.runner import run_pipeline
-    from pipelines.io.store.base import ChdbStore
+    from pipelines.io.store.chdb import ChdbStore
 
     lines, bad, n_users = _stream()
     bootstrap = kafka_broker.bootstrap

@@ -105,7 +105,8 @@ def test_oversized_dead_letter_is_cut_to_fit_and_says_how_long_it_was(kafka_brok
 
 def _transition_records() -> list[Records]:
     """Records as the flow's score step makes them, from a small simulated stream."""
-    from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
+    from pipelines.offline.simulate import SimConfig, simulate
+    from pipelines.offline.simulate_io import iter_ndjson_batches
 
     sim = simulate(SimConfig(users=300, days=20, seed=3))
     metrics = PipelineMetrics(CollectorRegistry())

@@ -13,7 +13,10 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer
 from prometheus_client import CollectorRegistry
 
 from pipelines.contract.events import RawBatch
-from pipelines.io.kafka.source import KafkaBatchSource, KafkaSourceError, key_by_user_id, parse_kafka_url, produce_lines
+from pipelines.io.kafka.errors import KafkaSourceError
+from pipelines.io.kafka.producer import key_by_user_id, produce_lines
+from pipelines.io.kafka.source import KafkaBatchSource
+from pipelines.io.kafka.url import parse_kafka_url
 
 pytestmark = pytest.mark.integration
 
@@ -169,7 +172,8 @@ def test_kafka_url_names_brokers_and_topic() -> None:
 
 def _sim_lines(seed: int) -> tuple[list[bytes], int, int]:
     """Simulated NDJSON lines (300 users, 10 days), the number of distinct users, and a mid-window ts."""
-    from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
+    from pipelines.offline.simulate import SimConfig, simulate
+    from pipelines.offline.simulate_io import iter_ndjson_batches
 
     sim = simulate(SimConfig(users=300, days=10, seed=seed))
     lines = [line for batch in iter_ndjson_batches(sim.events, 10_000) for line in batch]
@@ -192,7 +196,7 @@ def _run(bootstrap: str, topic: str, tmp_path: Path, **overrides):
 
 
 def test_pipeline_consumes_topic_into_store(kafka_broker, tmp_path: Path) -> None:
-    from pipelines.io.store.base import ChdbStore
+    from pipelines.io.store.chdb import ChdbStore
 
     good, n_users, ts = _sim_lines(seed=5)
     bad = {  # payload -> the reason it must be rejected with
@@ -350,7 +354,7 @@ def test_pipeline_restarted_from_recovery_reads_only_new_records(kafka_broker, t
     second = _run(kafka_broker.bootstrap, topic, tmp_path, recovery_dir=tmp_path / "recovery")
     assert second.events_in == len(lines) - half  # resumed after the snapshotted offset: nothing re-read
     assert first.events_applied + second.events_applied == len(lines)
-    from pipelines.io.store.base import ChdbStore
+    from pipelines.io.store.chdb import ChdbStore
 
     store = ChdbStore(tmp_path / "s.chdb")
     try:

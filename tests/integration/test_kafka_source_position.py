@@ -11,7 +11,9 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Producer
 from prometheus_client import CollectorRegistry, Gauge
 
 from pipelines.contract.events import RawBatch
-from pipelines.io.kafka.source import KafkaBatchSource, StartPosition, parse_kafka_start, produce_lines
+from pipelines.io.kafka.producer import produce_lines
+from pipelines.io.kafka.source import KafkaBatchSource
+from pipelines.io.kafka.url import StartPosition, parse_kafka_start
 
 pytestmark = pytest.mark.integration
 

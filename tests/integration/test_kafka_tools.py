@@ -1,4 +1,4 @@
-"""pipelines.io.kafka.tools: simulated streams to Kafka, topic creation, the local broker, the Kafka demo."""
+"""devtools.kafka_demo: simulated streams to Kafka, topic creation, the local broker, the Kafka demo."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.io.kafka.tools import count_records, ensure_topic, simulate_to_kafka, start_local_broker
+from devtools.broker import start_local_broker
+from pipelines.io.kafka.admin import count_records, ensure_topic
+from pipelines.offline.simulate_io import simulate_to_kafka
 
 pytestmark = pytest.mark.integration
 
 
 def test_simulate_to_kafka_round_trip_keeps_every_event_keyed_by_user_in_time_order(kafka_broker, read_topic) -> None:
-    from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
+    from pipelines.offline.simulate import SimConfig, simulate
+    from pipelines.offline.simulate_io import iter_ndjson_batches
 
     topic = "sim-roundtrip"
     url = f"kafka://{kafka_broker.bootstrap}/{topic}"
@@ -72,12 +75,12 @@ def test_local_broker_stops_and_leaves_no_listener() -> None:
 
 
 def test_kafka_demo_runs_end_to_end_through_a_local_broker(tmp_path: Path, monkeypatch, capsys) -> None:
-    from pipelines.io.kafka.tools import run_kafka_demo
-    from pipelines.io.store.base import ChdbStore
+    from devtools.kafka_demo import run_kafka_demo
+    from pipelines.io.store.chdb import ChdbStore
 
     monkeypatch.setenv("LIFECYCLE_METRICS_PORT", "0")
     store = tmp_path / "demo.chdb"
-    assert run_kafka_demo(users=200, days=5, store=f"chdb://{store}", partitions=2, progress=False) == 0
+    assert run_kafka_demo(users=200, days=5, store=f"chdb://{store}", partitions=2) == 0
     out = capsys.readouterr().out
     assert "produced" in out and "local broker stopped" in out
     s = ChdbStore(store)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.core.playbook import PLAYBOOK_DIR
-from pipelines.io.store.base import ChdbStore
+from pipelines.io.store.chdb import ChdbStore
 from tests.support.events import T0
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.io.store.base import ChdbStore
-from pipelines.offline.simulate import SimConfig, simulate, write_jsonl
+from pipelines.io.store.chdb import ChdbStore
+from pipelines.offline.simulate import SimConfig, simulate
+from pipelines.offline.simulate_io import write_jsonl
 from tests.support.recovery import committed_epoch
 
 SQL = (

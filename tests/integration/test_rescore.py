@@ -19,10 +19,11 @@ from models.artifact import load_artifact, save_artifact
 from pipelines.cli.rescore import parse_as_of, register
 from pipelines.core.features import FEATURE_NAMES, compute_features, schema_hash
 from pipelines.flow.runner import run_pipeline
-from pipelines.io.store.base import ChdbStore
+from pipelines.io.store.chdb import ChdbStore
 from pipelines.offline.history import state_as_of
 from pipelines.offline.rescore import load_events, rescore
-from pipelines.offline.simulate import SimConfig, simulate, write_jsonl
+from pipelines.offline.simulate import SimConfig, simulate
+from pipelines.offline.simulate_io import write_jsonl
 from pipelines.privacy.erasure import forget_user, set_consent
 from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, Scorer
 from pipelines.settings import Settings

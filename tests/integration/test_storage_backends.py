@@ -17,7 +17,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipelines.io.store.base import ChdbStore, HttpStore, Store, StoreError, arrow_stream, dedup_token
+from pipelines.io.store.base import Store, StoreError, arrow_stream, dedup_token
+from pipelines.io.store.chdb import ChdbStore
+from pipelines.io.store.http import HttpStore
+from pipelines.io.store.migrations import migrate
 from pipelines.settings import DEFAULT_SQL
 from tests.support.chdb_http import ChdbHttpServer, ServerError
 
@@ -91,7 +94,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "chdb":
         store: Store = ChdbStore(tmp_path / "store.chdb")
         try:
-            store.migrate(DEFAULT_SQL)
+            migrate(store, DEFAULT_SQL)
             yield store
         finally:
             store.close()
@@ -99,7 +102,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     with ChdbHttpServer(tmp_path / "served") as srv:
         store = HttpStore(srv.url)
         try:
-            store.migrate(DEFAULT_SQL)
+            migrate(store, DEFAULT_SQL)
             yield store
         finally:
             store.close()
@@ -154,7 +157,7 @@ def test_clickhouse_connect_round_trip_against_the_served_engine(tmp_path: Path)
     with ChdbHttpServer(tmp_path / "served") as srv:
         store = HttpStore(srv.url)
         try:
-            store.migrate(DEFAULT_SQL)
+            migrate(store, DEFAULT_SQL)
             sent = score_rows([f"u{i}" for i in range(300)] + ["ü-unicode ✓", ""], version=60_000)
             store.insert("user_scores", sent)
             got = store.query(f"SELECT {', '.join(sent.column_names)} FROM user_scores FINAL ORDER BY user_id")
@@ -171,7 +174,7 @@ def test_insert_retried_after_transient_failures_lands_once(tmp_path: Path) -> N
     with FlakyServer(tmp_path / "served", code=252) as srv:
         store = HttpStore(srv.url, sleep=waits.append, backoff_seconds=0.1)
         try:
-            store.migrate(DEFAULT_SQL)
+            migrate(store, DEFAULT_SQL)
             srv.arm(2)
             store.insert("user_scores", score_rows(["a", "b", "c"], version=7))
             assert waits == [0.1, 0.2]  # exponential backoff between the three attempts
@@ -186,7 +189,7 @@ def test_retry_after_a_lost_response_is_dropped_by_the_deduplication_token(tmp_p
     with FlakyServer(tmp_path / "served", code=319, after_commit=True) as srv:
         store = HttpStore(srv.url, sleep=lambda s: None)
         try:
-            store.migrate(DEFAULT_SQL)
+            migrate(store, DEFAULT_SQL)
             srv.arm(1)
             rows = score_rows([f"u{i}" for i in range(40)], version=9)
             store.insert("user_scores", rows)  # committed, answered with an error, retried
@@ -203,7 +206,7 @@ def test_retries_are_bounded_and_then_raise_store_error(tmp_path: Path) -> None:
     with FlakyServer(tmp_path / "served", code=252) as srv:
         store = HttpStore(srv.url, sleep=waits.append, retries=4, backoff_seconds=0.1, max_backoff_seconds=0.25)
         try:
-            store.migrate(DEFAULT_SQL)
+            migrate(store, DEFAULT_SQL)
             srv.arm(10**6)
             with pytest.raises(StoreError, match=r"insert into user_scores \(1 rows\).*after 5 attempts.*252"):
                 store.insert("user_scores", score_rows(["a"], version=1))
@@ -218,7 +221,7 @@ def test_permanent_errors_are_not_retried(tmp_path: Path) -> None:
     with FlakyServer(tmp_path / "served") as srv:
         store = HttpStore(srv.url, sleep=waits.append)
         try:
-            store.migrate(DEFAULT_SQL)
+            migrate(store, DEFAULT_SQL)
             srv.arm(0)
             bad = score_rows(["x"], version=1).append_column("no_such_column", pa.array([1]))
             with pytest.raises(StoreError, match="no_such_column"):
@@ -238,7 +241,7 @@ def test_insert_survives_a_server_restart_between_attempts(tmp_path: Path) -> No
 
     store = HttpStore(srv.url, sleep=restart, backoff_seconds=0.01)
     try:
-        store.migrate(DEFAULT_SQL)
+        migrate(store, DEFAULT_SQL)
         srv.stop()  # connection refused: a network error, retried; the wait restarts the server
         store.insert("user_scores", score_rows(["a", "b"], version=3))
         assert _count(store, "user_scores") == 2
@@ -251,7 +254,7 @@ def test_async_insert_waits_for_the_flush(tmp_path: Path) -> None:
     with FlakyServer(tmp_path / "served") as srv:
         store = HttpStore(srv.url, async_insert=True)
         try:
-            store.migrate(DEFAULT_SQL)
+            migrate(store, DEFAULT_SQL)
             srv.arm(0)
             store.insert("user_scores", score_rows(["a", "b", "c"], version=5))
             sent = srv.inserts[0]

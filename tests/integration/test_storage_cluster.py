@@ -21,7 +21,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from pipelines.flow.runner import run_pipeline
-from pipelines.io.store.base import ChdbStore, split_statements
+from pipelines.io.store.base import split_statements
+from pipelines.io.store.chdb import ChdbStore
 from pipelines.io.store.migrations import apply_migrations
 from pipelines.privacy.erasure import forget_user, set_consent
 from pipelines.settings import Settings

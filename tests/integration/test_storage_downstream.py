@@ -23,7 +23,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from pipelines.flow.runner import run_pipeline
-from pipelines.io.store.base import ChdbStore
+from pipelines.io.store.chdb import ChdbStore
 from pipelines.privacy.erasure import erased_user_hashes, forget_user, opted_out_users, set_consent, user_hash
 from pipelines.settings import Settings
 from tests.support.events import T0, line

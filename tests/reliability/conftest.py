@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.io.kafka.source import produce_lines
-from pipelines.io.kafka.tools import TansuBroker
+from devtools.broker import TansuBroker
+from pipelines.io.kafka.producer import produce_lines
 from tests.reliability.harness import Pipeline, Stream, make_stream, run_args
 from tests.reliability.oracle import Counters, Visible, capture_chdb, check_conservation, check_store
 

@@ -50,7 +50,8 @@ class Stream:
 def make_stream(*, users: int, days: int, seed: int, bad_every: int = 997, dup_every: int = 499) -> Stream:
     """Simulated events with a malformed line or an unknown type every ``bad_every`` lines and a
     verbatim repeat (a producer retry: same event_id) every ``dup_every`` lines."""
-    from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
+    from pipelines.offline.simulate import SimConfig, simulate
+    from pipelines.offline.simulate_io import iter_ndjson_batches
 
     sim = simulate(SimConfig(users=users, days=days, seed=seed))
     good = [line for batch in iter_ndjson_batches(sim.events, 50_000) for line in batch]

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.io.store.base import ChdbStore, Store
+from pipelines.io.store.base import Store
+from pipelines.io.store.chdb import ChdbStore
 
 #: Columns that record wall-clock time of writing, not content: never compared.
 WALL_CLOCK_COLUMNS: Mapping[str, frozenset[str]] = {

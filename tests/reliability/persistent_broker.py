@@ -18,7 +18,7 @@ from types import TracebackType
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipelines.io.kafka.tools import BrokerError, tansu_binary
+from devtools.broker import BrokerError, tansu_binary
 from tests.reliability.fake_s3 import FakeS3
 from tests.reliability.harness import free_port
 

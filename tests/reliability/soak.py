@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipelines.io.kafka.source import produce_lines
+from pipelines.io.kafka.producer import produce_lines
 from tests.reliability.fake_s3 import fake_s3
 from tests.reliability.harness import Pipeline, free_port, make_stream, run_args
 from tests.reliability.oracle import (

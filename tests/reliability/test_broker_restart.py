@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.io.kafka.source import produce_lines
+from pipelines.io.kafka.producer import produce_lines
 from tests.reliability.conftest import reference_run
 from tests.reliability.fake_s3 import FakeS3, fake_s3
 from tests.reliability.harness import BATCH_EVENTS, Pipeline, free_port, make_stream, run_args

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from pipelines.io.kafka.source import produce_lines
-from pipelines.io.kafka.tools import TansuBroker
+from devtools.broker import TansuBroker
+from pipelines.io.kafka.producer import produce_lines
 from tests.integration.conftest import _read_topic
 from tests.reliability.conftest import Reference
 from tests.reliability.harness import Pipeline, Stream, free_port, run_args
@@ -113,7 +113,7 @@ def test_sigterm_while_users_await_their_score_cadence_resumes_to_reference_scor
     from prometheus_client import CollectorRegistry
 
     from pipelines.flow.runner import run_pipeline
-    from pipelines.io.kafka.source import STOP_REQUESTED, request_stop
+    from pipelines.io.kafka.stop import STOP_REQUESTED, request_stop
     from pipelines.settings import Settings
 
     lines = _cadence_lines()
@@ -152,7 +152,7 @@ def test_sigterm_to_a_local_cluster_drains_every_member_and_the_restart_loses_no
     kafka_broker: TansuBroker, tmp_path: Path
 ) -> None:
     """``lifecycle run --processes 2``: the parent forwards SIGTERM, both members drain and exit 0."""
-    from pipelines.io.store.base import HttpStore
+    from pipelines.io.store.http import HttpStore
     from tests.reliability.harness import make_stream
     from tests.support.chdb_http import ChdbHttpServer
 

@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry
 
 from pipelines.contract.events import CHANNELS, EVENT_TYPES, MAX_USER_ID_CHARS, DecodeLimits, RejectReason, decode_batch
 from pipelines.flow.runner import RunResult, run_pipeline
-from pipelines.io.store.base import ChdbStore
+from pipelines.io.store.chdb import ChdbStore
 from pipelines.settings import Settings
 from tests.support.events import NOW, T0, raw
 from tests.support.visible import conservation, final_rows, scalar
@@ -328,7 +328,8 @@ ODD_USERS = ("café-张", "用户🙂", "👨\u200d👩\u200d👧")
 
 def _good_stream() -> list[bytes]:
     """Simulated events plus a few events of non-ASCII users (written in NFC)."""
-    from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
+    from pipelines.offline.simulate import SimConfig, simulate
+    from pipelines.offline.simulate_io import iter_ndjson_batches
 
     sim = simulate(SimConfig(users=600, days=10, seed=23))
     lines = [line for batch in iter_ndjson_batches(sim.events, 50_000) for line in batch]

@@ -11,7 +11,7 @@ Two levels:
 * unit tests of the sink and its retry logic (:mod:`pipelines.io.store.retry`) with an
   injected clock, sleep and jitter source, and a store stub that fails on schedule;
 * end-to-end runs of the real pipeline (``run_pipeline``, file input, the production
-  :class:`~pipelines.io.store.base.HttpStore`) against the real engine served over
+  :class:`~pipelines.io.store.http.HttpStore`) against the real engine served over
   ClickHouse's HTTP interface (:class:`tests.support.chdb_http.ChdbHttpServer`),
   which the test stops and restarts on the same port, or slows down, mid-run.
   Faults are triggered by observed progress (batches read, the availability gauge,
@@ -34,7 +34,9 @@ from prometheus_client import CollectorRegistry
 
 from pipelines.core.rows import Records
 from pipelines.flow.runner import RunResult, run_pipeline
-from pipelines.io.store.base import HttpStore, Params, Store, StoreError
+from pipelines.io.store.base import Params, Store, StoreError
+from pipelines.io.store.http import HttpStore
+from pipelines.io.store.migrations import migrate
 from pipelines.io.store.retry import RetryPolicy, redact
 from pipelines.io.store.sink import StoreSink
 from pipelines.monitoring.metrics import PipelineMetrics
@@ -235,7 +237,8 @@ def _read_outcome(url: str, result: RunResult, registry: CollectorRegistry) -> O
 @pytest.fixture(scope="module")
 def events_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """~22k simulated events of 3,000 users over 10 days, plus a few lines that must become dead letters."""
-    from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
+    from pipelines.offline.simulate import SimConfig, simulate
+    from pipelines.offline.simulate_io import iter_ndjson_batches
 
     sim = simulate(SimConfig(users=3000, days=10, seed=11))
     lines = [line for batch in iter_ndjson_batches(sim.events, 50_000) for line in batch]
@@ -383,7 +386,7 @@ def test_slow_and_timing_out_store_completes_every_insert_without_loss_or_duplic
     """
     registry = CollectorRegistry()
     store = HttpStore(served.url, timeout_seconds=1.0)
-    store.migrate(DEFAULT_SQL)
+    migrate(store, DEFAULT_SQL)
     served.slow_down(0.3, inserts_only=True)
     batches = 0
     min_up = 1.0

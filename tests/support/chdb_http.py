@@ -4,7 +4,7 @@ No modern ClickHouse server can be installed on the test machines, but chDB is
 the real ClickHouse engine in-process. :class:`ChdbHttpServer` puts one chDB
 session behind a threaded HTTP server on loopback that speaks enough of
 ClickHouse's HTTP protocol for clickhouse-connect 1.12 to connect, run commands
-and queries, and insert - so :class:`pipelines.io.store.base.HttpStore` is tested
+and queries, and insert - so :class:`pipelines.io.store.http.HttpStore` is tested
 unchanged, over a real socket, against the real engine.
 
 What it implements (see ``docs`` of the ClickHouse HTTP interface):
@@ -461,7 +461,7 @@ class ChdbHttpServer:
 
     @property
     def url(self) -> str:
-        """``http://HOST:PORT/DATABASE``, the form :class:`pipelines.io.store.base.HttpStore` takes."""
+        """``http://HOST:PORT/DATABASE``, the form :class:`pipelines.io.store.http.HttpStore` takes."""
         return f"http://{self.host}:{self.port}/{self.database}"
 
     @property

@@ -49,7 +49,8 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from pipelines.contract.events import Rejection
 from pipelines.core.rows import Records
-from pipelines.io.kafka.source import option_names, parse_kafka_url, producer_config
+from pipelines.io.kafka.producer import option_names, producer_config
+from pipelines.io.kafka.url import parse_kafka_url
 
 log = logging.getLogger(__name__)
 

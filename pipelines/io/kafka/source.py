@@ -1,4 +1,4 @@
-"""Kafka as a batch source (:class:`KafkaBatchSource`) and a batch producer (:func:`produce_lines`).
+"""Kafka as a batch source (:class:`KafkaBatchSource`); producing is :mod:`pipelines.io.kafka.producer`.
 
 The source hands the flow one :class:`~pipelines.contract.events.RawBatch` per poll of a
 Kafka partition, not one item per message (Bytewax's per-item overhead
@@ -11,7 +11,7 @@ Delivery and resume semantics (exactly what the code does):
   ``Consumer``, attached with ``assign()`` at an explicit offset. There is no
   consumer-group membership: no join, no rebalancing, and **no offsets are
   committed to Kafka** (``enable.auto.commit=false``, nothing calls ``commit``).
-  ``group.id`` (``settings.kafka_group``) is only a client label that
+  ``group.id`` (``group_id``, ``LIFECYCLE_KAFKA_GROUP``) is only a client label that
   librdkafka requires.
 * The only record of progress is the Bytewax snapshot of each partition: the
   offset of the *next* record to hand on, i.e. the offset of the last record
@@ -23,7 +23,7 @@ Delivery and resume semantics (exactly what the code does):
   applies every record once. Records read after that epoch are read again, so
   their store writes may repeat (the sink is at-least-once; the tables collapse
   repeats under ``FINAL``). Without a recovery store every run starts at
-  ``settings.kafka_start`` (:func:`parse_kafka_start`): ``earliest`` (the oldest
+  ``start`` (``LIFECYCLE_KAFKA_START``) (:func:`parse_kafka_start`): ``earliest`` (the oldest
   retained record), ``latest`` (records produced after the partition was
   assigned; tansu may also return the last produce batch before it, DESIGN.md
   section 4), or a time (ISO-8601 with offset, or epoch ms): the first record
@@ -56,7 +56,7 @@ Delivery and resume semantics (exactly what the code does):
   offset after the last record handed on; held records are read again after a
   restart. The flow then drains like at the end of a finite input and commits a
   final epoch, so a restart with the recovery store repeats and loses nothing.
-* ``settings.kafka_eof_exit``: a partition ends (``StopIteration``) at the first
+* ``eof_exit`` (``LIFECYCLE_KAFKA_EOF_EXIT``): a partition ends (``StopIteration``) at the first
   poll after it has handed on everything up to the end of the partition, so
   tests and backfills terminate when caught up. Otherwise partitions run until
   the process stops; a caught-up partition polls every 50 ms, and no poll blocks
@@ -76,36 +76,32 @@ import bisect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, cast
-from urllib.parse import urlsplit
 
-import msgspec
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     OFFSET_END,
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
 
 from pipelines.contract.events import RawBatch
-from pipelines.contract.ids import user_key_bytes
-from pipelines.contract.time import MIN_EPOCH_MS, Clock
+from pipelines.contract.time import Clock
+from pipelines.io.kafka.errors import KafkaSourceError
+from pipelines.io.kafka.stop import STOP_REQUESTED
+from pipelines.io.kafka.url import StartPosition, _labels, parse_kafka_start, parse_kafka_url
 
 if TYPE_CHECKING:
     from prometheus_client import Gauge
 
-    from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -131,81 +127,6 @@ _CONSUMER_FIXED: dict[str, Any] = {
     "enable.partition.eof": True,
     "auto.offset.reset": "earliest",
 }
-
-
-class KafkaSourceError(RuntimeError):
-    """The topic cannot be read: broker unreachable, topic missing, fatal client error."""
-
-
-def parse_kafka_url(url: str) -> tuple[str, str]:
-    """``kafka://HOST:PORT[,HOST:PORT]/TOPIC`` -> (bootstrap servers, topic)."""
-    parts = urlsplit(url)
-    if parts.scheme != "kafka":
-        raise ValueError(f"not a kafka:// URL: {url!r}")
-    bootstrap = parts.netloc
-    topic = parts.path.lstrip("/")
-    if not bootstrap or not topic or "/" in topic or parts.query or parts.fragment:
-        raise ValueError(f"expected kafka://HOST:PORT[,HOST:PORT]/TOPIC, got {url!r}")
-    for hostport in bootstrap.split(","):
-        host, _, port = hostport.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"bad broker address {hostport!r} in {url!r} (expected HOST:PORT)")
-    return bootstrap, topic
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-#: Epoch-ms start values below this (2000-01-01) are taken for a unit mistake (seconds), not a time.
-_MIN_START_MS = MIN_EPOCH_MS
-
-
-@dataclass(frozen=True, slots=True)
-class StartPosition:
-    """Where a partition without resume state starts: a logical offset, or the first record at a time."""
-
-    #: ``OFFSET_BEGINNING`` (earliest) or ``OFFSET_END`` (latest; also the fallback of a time start)
-    offset: int
-    #: start at the first record whose Kafka timestamp is >= this (epoch ms); None: start at ``offset``
-    timestamp_ms: int | None = None
-
-    def __str__(self) -> str:
-        if self.timestamp_ms is None:
-            return _labels(self.offset)
-        return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC).isoformat(timespec="milliseconds")
-
-
-def parse_kafka_start(value: str) -> StartPosition:
-    """``earliest`` | ``latest`` | an ISO-8601 time with offset | epoch milliseconds -> :class:`StartPosition`.
-
-    ``2026-10-01T00:00:00+08:00``, ``2026-09-30T16:00:00Z`` and ``1790784000000`` are the same start.
-    A time without an offset is refused (whose midnight?), and so are epoch values before 2000
-    (seconds where milliseconds are meant).
-    """
-    text = value.strip()
-    if text.lower() == "earliest":
-        return StartPosition(OFFSET_BEGINNING)
-    if text.lower() == "latest":
-        return StartPosition(OFFSET_END)
-    if text.isdigit():
-        ms = int(text)
-        if ms < _MIN_START_MS:
-            raise ValueError(
-                f"kafka start {value!r}: epoch values are milliseconds and must be >= {_MIN_START_MS} (2000-01-01)"
-            )
-        return StartPosition(OFFSET_END, ms)
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"kafka start must be 'earliest', 'latest', an ISO-8601 time with offset "
-            f"(e.g. 2026-10-01T00:00:00+08:00) or epoch milliseconds, got {value!r}"
-        ) from None
-    if when.tzinfo is None:
-        raise ValueError(f"kafka start {value!r} has no UTC offset: add one, e.g. {text}Z or {text}+08:00")
-    return StartPosition(OFFSET_END, max(0, (when - _EPOCH) // timedelta(milliseconds=1)))
-
-
-def _labels(offset: int) -> str:
-    return {OFFSET_BEGINNING: "earliest", OFFSET_END: "latest"}.get(offset, str(offset))
 
 
 class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
@@ -490,21 +411,6 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         self._consumer.close()
 
 
-#: Process-wide graceful-stop request (:func:`request_stop`): the default ``stop`` of every source.
-STOP_REQUESTED = threading.Event()
-
-
-def request_stop() -> None:
-    """Ask every Kafka source of this process to end its partitions at their next poll (graceful stop).
-
-    Safe to call from a signal handler: it only sets an event. Each partition then
-    raises ``StopIteration`` with its snapshot at the last record it handed on, so
-    the flow reaches end of input, flushes and commits a final epoch, and a run
-    resumed from the recovery store continues at exactly that offset.
-    """
-    STOP_REQUESTED.set()
-
-
 class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
     """All partitions of one Kafka topic, one Bytewax source partition per Kafka partition.
 
@@ -555,34 +461,14 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         self._stop = stop if stop is not None else STOP_REQUESTED
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        settings: Settings,
-        clock: Clock = time.time,
-        config: Mapping[str, Any] | None = None,
-        lag_gauge: Gauge | None = None,
-    ) -> KafkaBatchSource:
-        """The source for ``kafka://HOST:PORT[,HOST:PORT]/TOPIC`` with the ``kafka_*`` settings.
+    def from_url(cls, url: str, **options: Any) -> KafkaBatchSource:
+        """The source for ``kafka://HOST:PORT[,HOST:PORT]/TOPIC``; ``options`` are the constructor's keywords.
 
-        ``config`` is passed through to librdkafka (security, tuning) and wins over the defaults;
-        without it, ``settings.kafka_config`` is used.
+        Plain values only (as bytewax's ``KafkaSource``): the connector never reads the
+        application's settings, the composition root (:mod:`pipelines.flow.runner`) does.
         """
         bootstrap, topic = parse_kafka_url(url)
-        if config is None:
-            config = {k: v.get_secret_value() for k, v in settings.kafka_config.items()}
-        return cls(
-            bootstrap,
-            topic,
-            batch_events=settings.batch_events,
-            start=settings.kafka_start,
-            eof_exit=settings.kafka_eof_exit,
-            group_id=settings.kafka_group,
-            config=config,
-            clock=clock,
-            lag_gauge=lag_gauge,
-        )
+        return cls(bootstrap, topic, **options)
 
     def _client_config(self) -> dict[str, Any]:
         return {"bootstrap.servers": self.bootstrap, **self._config}
@@ -643,127 +529,3 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
 
 
 # --------------------------------------------------------------------------- producing
-
-
-class _UserIdOnly(msgspec.Struct):
-    user_id: str
-
-
-_USER_ID_DECODER = msgspec.json.Decoder(_UserIdOnly)
-
-
-def key_by_user_id(line: bytes) -> bytes | None:
-    """Partition key of an NDJSON event: its ``user_id`` (one user's events stay in one
-    partition, in order). Lines without a readable user id get no key (any partition).
-    """
-    try:
-        user_id = _USER_ID_DECODER.decode(line).user_id
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return None
-    # NFC like the decoder (pipelines.contract.events), so that spellings of one user share a partition.
-    return user_key_bytes(user_id)
-
-
-#: Producer defaults for bulk and sink producers; ``config`` overrides any of them (security, tuning).
-PRODUCER_DEFAULTS: dict[str, Any] = {
-    "compression.type": "lz4",
-    "linger.ms": 20,  # fill batches: one produce request carries many records
-    "batch.num.messages": 100_000,
-    # Uncompressed bytes per batch (the librdkafka default). Larger batches can exceed a Kafka broker's
-    # max.message.bytes (1 MiB by default, checked against the compressed batch) and then fail delivery.
-    "batch.size": 1_000_000,
-    "queue.buffering.max.messages": 1_000_000,
-    "enable.idempotence": True,  # retries neither duplicate nor reorder records
-    "partitioner": "murmur2_random",  # same key -> same partition as Java clients
-}
-
-
-def producer_config(bootstrap: str, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Options of a librdkafka producer: :data:`PRODUCER_DEFAULTS`, the brokers, then ``config`` (wins)."""
-    return {**PRODUCER_DEFAULTS, "bootstrap.servers": bootstrap, **(config or {})}
-
-
-def option_names(config: Mapping[str, Any]) -> str:
-    """The option *names* of a client config, for log lines: values may be secrets and are never shown."""
-    return ", ".join(sorted(config)) or "(none)"
-
-
-def produce_lines(
-    bootstrap: str,
-    topic: str,
-    lines: Iterable[bytes],
-    *,
-    key_fn: Callable[[bytes], bytes | None] | None = None,
-    config: Mapping[str, Any] | None = None,
-    flush_timeout_s: float = 60.0,
-    metadata_timeout_s: float = 10.0,
-) -> int:
-    """Produce each line as one record (lz4, batched, idempotent), flush, and return the count.
-
-    Records go out in the order of ``lines``; records with the same key keep that order in their partition.
-
-    ``key_fn(line)`` gives the record key (e.g. :func:`key_by_user_id`); without
-    it records have no key and the client spreads them over the partitions.
-    Raises :class:`KafkaSourceError` if any record was not acknowledged, so a
-    returned count is a count of records stored by the broker.
-    """
-    records = ((key_fn(line), line) for line in lines) if key_fn is not None else ((None, line) for line in lines)
-    return produce_records(
-        bootstrap, topic, records, config=config, flush_timeout_s=flush_timeout_s, metadata_timeout_s=metadata_timeout_s
-    )
-
-
-def produce_records(
-    bootstrap: str,
-    topic: str,
-    records: Iterable[tuple[bytes | None, bytes]],
-    *,
-    config: Mapping[str, Any] | None = None,
-    flush_timeout_s: float = 60.0,
-    metadata_timeout_s: float = 10.0,
-) -> int:
-    """Produce ``(key, value)`` pairs (lz4, batched, idempotent), flush, and return the count.
-
-    Same guarantees as :func:`produce_lines`. Only failed deliveries call back into Python
-    (``delivery.report.only.error``): a per-record callback would cost more than the produce call.
-    """
-    errors: list[str] = []  # the first few delivery errors, for the message
-    failed = 0
-
-    def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-        nonlocal failed
-        if err is not None:
-            failed += 1
-            if len(errors) < 5:
-                errors.append(str(err))
-
-    producer = Producer(
-        {**producer_config(bootstrap, config), "delivery.report.only.error": True, "on_delivery": on_delivery}
-    )
-    try:  # fail fast with a clear error instead of timing out every message
-        producer.list_topics(timeout=metadata_timeout_s)
-    except KafkaException as err:
-        raise KafkaSourceError(f"cannot reach Kafka broker(s) {bootstrap} to produce to {topic!r}: {err}") from err
-    produce = producer.produce
-    sent = 0
-    for key, value in records:
-        try:
-            produce(topic, value, key)
-        except BufferError:  # local queue full: let deliveries drain, then retry once the queue has room
-            while True:
-                producer.poll(0.05)
-                try:
-                    produce(topic, value, key)
-                    break
-                except BufferError:
-                    continue
-        sent += 1
-        if not sent & 0x3FFF:
-            producer.poll(0)  # serve (error) callbacks and let the client's queue progress
-    left = producer.flush(flush_timeout_s)
-    if left or failed:
-        raise KafkaSourceError(
-            f"produce to {topic!r} on {bootstrap}: {sent - failed - left} of {sent} records acknowledged "
-            f"({left} still queued after {flush_timeout_s}s, {failed} failed: {'; '.join(errors)})"
-        )
-    return sent

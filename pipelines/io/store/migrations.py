@@ -155,3 +155,14 @@ def apply_migrations(store: Store, sql_dir: Path, *, now: Callable[[], float] = 
         )
         ran.append(m.name)
     return ran
+
+
+def migrate(store: Store, sql_dir: Path) -> list[str]:
+    """Apply the pending numbered migrations of ``sql_dir``; return every migration now in effect.
+
+    :func:`apply_migrations` records what ran in ``schema_migrations`` and refuses a
+    changed file; this returns all names, applied now or earlier, so callers that
+    only want "the schema is current" need not care which run applied what.
+    """
+    apply_migrations(store, sql_dir)
+    return [m.name for m in discover(sql_dir)]

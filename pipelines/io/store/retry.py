@@ -31,6 +31,8 @@ from typing import TypeVar
 
 from prometheus_client import Counter, Gauge
 
+from pipelines.io.store.base import StoreError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -78,8 +80,6 @@ def is_transient_failure(err: BaseException) -> bool:
     :class:`~pipelines.io.store.base.StoreError` carries the backend's verdict (``transient``);
     a bare network error (``OSError``: connection refused/reset, timeouts) is transient too.
     """
-    from pipelines.io.store.base import StoreError
-
     if isinstance(err, StoreError):
         return err.transient
     return isinstance(err, OSError)
@@ -145,8 +145,6 @@ class OutageGuard:
                         self.policy.max_backoff_seconds,
                     )
                 elif self.policy.max_outage_seconds and now - self.down_since >= self.policy.max_outage_seconds:
-                    from pipelines.io.store.base import StoreError
-
                     limit = self.policy.max_outage_seconds
                     raise StoreError(
                         f"store unavailable for {now - self.down_since:.1f} s (limit {limit} s, "

@@ -9,8 +9,15 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipelines.io.store.base import ChdbStore
-from pipelines.io.store.migrations import MigrationError, applied_migrations, apply_migrations, checksum, discover
+from pipelines.io.store.chdb import ChdbStore
+from pipelines.io.store.migrations import (
+    MigrationError,
+    applied_migrations,
+    apply_migrations,
+    checksum,
+    discover,
+    migrate,
+)
 from pipelines.settings import DEFAULT_SQL
 
 ORIGINAL_COLUMNS = {  # what records.py writes: migrations may only add defaulted columns to these tables
@@ -133,8 +140,8 @@ def test_malformed_migration_directories_are_refused(tmp_path: Path, files: dict
 
 def test_bundled_migrations_build_the_documented_schema_idempotently(store: ChdbStore) -> None:
     names = [p.name for p in sorted(DEFAULT_SQL.glob("[0-9]*.sql"))]
-    assert store.migrate(DEFAULT_SQL) == names
-    assert store.migrate(DEFAULT_SQL) == names  # Store.migrate: every migration in effect, applied or not
+    assert migrate(store, DEFAULT_SQL) == names
+    assert migrate(store, DEFAULT_SQL) == names  # migrate(): every migration in effect, applied or not
     assert apply_migrations(store, DEFAULT_SQL) == []
     assert _tables(store) == [
         "action_exports",

@@ -24,7 +24,8 @@ from pipelines.monitoring.drift import (
     streamed_rows,
 )
 from pipelines.monitoring.metrics import PipelineMetrics
-from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
+from pipelines.offline.simulate import SimConfig, simulate
+from pipelines.offline.simulate_io import iter_ndjson_batches
 
 F = len(FEATURE_NAMES)
 

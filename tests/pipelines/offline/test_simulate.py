@@ -12,17 +12,8 @@ import pytest
 
 from pipelines.contract.events import CHANNELS, EVENT_TYPES, EXIT_TYPES, RawBatch, decode_batch
 from pipelines.contract.time import DAY_MS
-from pipelines.offline.simulate import (
-    SEGMENTS,
-    STAGES,
-    SimConfig,
-    SimResult,
-    iter_ndjson_batches,
-    simulate,
-    to_ndjson_bytes,
-    write_jsonl,
-    write_truth_csv,
-)
+from pipelines.offline.simulate import SEGMENTS, STAGES, SimConfig, SimResult, simulate
+from pipelines.offline.simulate_io import iter_ndjson_batches, to_ndjson_bytes, write_jsonl, write_truth_csv
 
 CFG = SimConfig(users=4_000, days=21, seed=3, horizon_days=14)
 FAR_FUTURE_MS = 10**15

@@ -21,9 +21,9 @@ from pipelines.core.features import FEATURE_NAMES, REGISTRY, compute_features, s
 from pipelines.core.scores import Scores
 from pipelines.monitoring.metrics import PipelineMetrics
 from pipelines.offline.history import sort_by_time, state_as_of
-from pipelines.offline.simulate import SimConfig, iter_ndjson_batches, simulate
+from pipelines.offline.simulate import SimConfig, simulate
+from pipelines.offline.simulate_io import iter_ndjson_batches
 from pipelines.scoring import cpu
-from pipelines.scoring import scorer as scoring
 from pipelines.scoring.cpu import CpuEngine
 from pipelines.scoring.fused import FusedWeights, RawScores
 from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, Scorer
