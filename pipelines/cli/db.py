@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -20,6 +19,8 @@ from pydantic import ValidationError
 
 from pipelines.io.store.base import Store, StoreError
 from pipelines.io.store.migrations import migrate
+from pipelines.io.store.url import open_store
+from pipelines.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +55,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also erase the user from this Bytewax recovery store (stop the pipeline first) "
         "[env: LIFECYCLE_RECOVERY_DIR]",
     )
+    forget.add_argument(
+        "--taxonomy",
+        default=None,
+        help="with --recovery-dir: the taxonomy the pipeline runs with (default: lifecycle-5) "
+        "[env: LIFECYCLE_TAXONOMY]",
+    )
+    forget.add_argument(
+        "--playbook",
+        default=None,
+        help="with --recovery-dir: the playbook the pipeline runs with (default: the taxonomy's) "
+        "[env: LIFECYCLE_PLAYBOOK]",
+    )
     forget.set_defaults(func=cmd_forget)
 
     consent = sub.add_parser("consent", help="record an opt-out (or opt-in) of automated marketing")
@@ -73,19 +86,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     consent.set_defaults(func=cmd_consent)
 
 
-def _open(args: argparse.Namespace) -> tuple[Store, Path]:
-    """The store named by ``--store`` (else the settings), and the migrations directory."""
-    from pipelines.io.store.url import open_store
-    from pipelines.settings import Settings
+def _open(args: argparse.Namespace) -> tuple[Store, Settings]:
+    """The store named by ``--store`` (else the settings), and the settings with the command's flags."""
 
-    overrides = {"store": args.store, "sql_dir": getattr(args, "sql_dir", None)}
+    flags = ("store", "sql_dir", "recovery_dir", "taxonomy", "playbook")
+    overrides = {k: getattr(args, k, None) for k in flags}
     s = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    return open_store(s.store, user=s.store_user, password=s.store_password.get_secret_value()), s.sql_dir
+    return open_store(s.store, user=s.store_user, password=s.store_password.get_secret_value()), s
 
 
 def _run(args: argparse.Namespace, action: str) -> int:
     try:
-        store, sql_dir = _open(args)
+        store, settings = _open(args)
+        sql_dir = settings.sql_dir
     except ValidationError as err:
         print(f"lifecycle: configuration error:\n{err}", file=sys.stderr)
         return 2
@@ -104,18 +117,23 @@ def _run(args: argparse.Namespace, action: str) -> int:
             print(f"applied {len(ran)} migration(s){': ' + ', '.join(ran) if ran else ''}")
             print(f"schema at {discover(sql_dir)[-1].name}")
         elif action == "forget":
+            from pipelines.flow.recovery import erase_from_recovery
             from pipelines.privacy.erasure import forget_user, user_hash
 
+            state_rows = None
+            if settings.recovery_dir is not None:
+                if not args.reason.strip():  # forget_user refuses it too, but only after the state is erased
+                    raise ValueError("forget needs a reason (it is kept in erasure_log)")
+                # the pipeline's state first (pipelines.privacy.erasure), restored under the configuration the
+                # pipeline runs with: a snapshot taken under another one stops the erasure before the store
+                state_rows = erase_from_recovery(settings.recovery_dir, [args.user], settings.shard_config())
             on_cluster = args.cluster
             counts = forget_user(
                 store, args.user, reason=args.reason, table_suffix="_local" if on_cluster else "", on_cluster=on_cluster
             )
             out: dict[str, object] = {"user_hash": user_hash(args.user), "rows_deleted": counts}
-            recovery = args.recovery_dir or os.environ.get("LIFECYCLE_RECOVERY_DIR")
-            if recovery:
-                from pipelines.privacy.erasure import erase_from_recovery
-
-                out["state_rows_erased"] = erase_from_recovery(Path(recovery), [args.user])
+            if state_rows is not None:
+                out["state_rows_erased"] = state_rows
             print(json.dumps(out))
         else:
             from pipelines.privacy.erasure import set_consent

@@ -37,6 +37,7 @@ from pipelines.contract.time import Clock
 from pipelines.core.playbook import decide, playbook_context
 from pipelines.core.rows import Labels, Records, action_columns, reject_records, score_records
 from pipelines.core.shard import ShardConfig, ShardProcessor, ShardResult
+from pipelines.flow.recovery import FLOW_ID, STATE_STEP
 from pipelines.io.store.base import Store
 from pipelines.io.store.retry import RetryPolicy
 from pipelines.io.store.sink import StoreSink
@@ -248,7 +249,7 @@ def build_flow(
     ``dead_letter_sink`` / ``transitions_sink`` (Kafka, :mod:`pipelines.io.kafka.sinks`): extra
     outputs beside the store; every sink acknowledges its writes before an epoch commits.
     """
-    flow = Dataflow("lifecycle")
+    flow = Dataflow(FLOW_ID)
     raw = op.input("events", flow, source)
     in_counter = metrics.events_in.labels(source=source_kind)
 
@@ -283,7 +284,7 @@ def build_flow(
             return ShardLogic(resume["key"], ShardProcessor.restore(cfg.shard, resume), score, metrics, cfg, clock)
         return ShardLogic("", ShardProcessor(cfg.shard), score, metrics, cfg, clock)
 
-    processed = op.stateful("state", keyed, build_logic)
+    processed = op.stateful(STATE_STEP, keyed, build_logic)
     results = op.map("unkey", processed, lambda kv: kv[1])
 
     decode_rejects = op.filter_map("decode_rejects", decoded, lambda d: d.rejects or None)

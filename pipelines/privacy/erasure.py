@@ -12,7 +12,8 @@
 What this module cannot do: remove the user from the pipeline's in-memory
 state. A running pipeline that still holds the user would write them back on
 their next event or silence timer, so the pipeline must drop the user from its
-state (and its recovery snapshots) *before* this runs against the store.
+state (and its recovery snapshots: :func:`pipelines.flow.recovery.erase_from_recovery`)
+*before* this runs against the store.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
 from pipelines.contract.ids import normalize_user_id
@@ -163,53 +162,3 @@ def erased_user_hashes(store: Store) -> frozenset[str]:
     """
     rows = store.query("SELECT DISTINCT user_hash FROM erasure_log")
     return frozenset(rows.column("user_hash").to_pylist())
-
-
-def erase_from_recovery(recovery_dir: Path, user_ids: Iterable[str]) -> int:
-    """Remove users from every shard snapshot in a Bytewax recovery store; return the rows erased.
-
-    A restarted pipeline resumes from these snapshots, so an erasure that left
-    them alone would bring the user back with the next silence timer. Run it
-    while the pipeline is stopped (Bytewax holds the recovery store while it
-    runs): every snapshot version of every shard is rewritten.
-    """
-    import pickle
-    import sqlite3
-
-    from pipelines.contract.ids import hash_strings
-    from pipelines.core.playbook import ActionLedger
-    from pipelines.core.state import ShardState
-
-    ids = np.array([normalize_user_id(u) for u in user_ids], dtype=object)
-    keys = hash_strings(ids)
-    erased = 0
-    parts = sorted(recovery_dir.glob("part-*.sqlite3"))
-    if not parts:
-        raise ValueError(f"{recovery_dir}: not a Bytewax recovery store (no part-*.sqlite3)")
-    for part in parts:
-        with sqlite3.connect(part) as db:
-            rows = db.execute(
-                "SELECT step_id, state_key, snap_epoch, ser_change FROM snaps "
-                "WHERE step_id LIKE '%.state.stateful_batch' AND ser_change IS NOT NULL"
-            ).fetchall()
-            for step_id, key, epoch, blob in rows:
-                snap = pickle.loads(blob)
-                state = ShardState.restore(snap["state"])
-                state_rows = state.lookup(keys)
-                n = state.erase(keys)
-                if not n:
-                    continue
-                erased += n
-                snap["state"] = state.snapshot_arrays()
-                gone = np.flatnonzero(state.user_id[: state.n] == "")
-                snap["pending"] = snap["pending"][~np.isin(snap["pending"], gone)]
-                led = snap.get("ledger")
-                if led is not None:  # the users' action history (playbooks) goes too
-                    ledger = ActionLedger.restore(led, tuple(led["actions"]), tuple(led["rules"]))
-                    ledger.clear(state_rows)
-                    snap["ledger"] = ledger.snapshot(led["given"].shape[0])
-                db.execute(
-                    "UPDATE snaps SET ser_change = ? WHERE step_id = ? AND state_key = ? AND snap_epoch = ?",
-                    (pickle.dumps(snap, protocol=pickle.HIGHEST_PROTOCOL), step_id, key, epoch),
-                )
-    return erased
