@@ -12,7 +12,6 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.core.playbook import Playbook, load_playbook
-from pipelines.core.shard import ShardConfig
 from pipelines.core.taxonomy import Taxonomy, load_taxonomy
 from pipelines.io.store.retry import RetryPolicy
 
@@ -162,15 +161,4 @@ class Settings(BaseSettings):
             initial_backoff_seconds=self.store_retry_initial_seconds,
             max_backoff_seconds=self.store_retry_max_seconds,
             max_outage_seconds=self.store_max_outage_seconds,
-        )
-
-    def shard_config(self) -> ShardConfig:
-        taxonomy = self.load_taxonomy()
-        return ShardConfig(
-            taxonomy=taxonomy,
-            playbook=self.load_playbook(taxonomy),
-            allowed_lateness_ms=self.allowed_lateness_seconds * 1000,
-            score_interval_ms=int(self.score_interval_seconds * 1000),
-            dedup_window_ms=self.dedup_window_seconds * 1000,
-            dedup_max_keys=self.dedup_max_keys,
         )

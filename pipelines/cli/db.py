@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from pipelines.flow.runner import shard_config
 from pipelines.io.store.base import Store, StoreError
 from pipelines.io.store.migrations import migrate
 from pipelines.io.store.url import open_store
@@ -126,7 +127,7 @@ def _run(args: argparse.Namespace, action: str) -> int:
                     raise ValueError("forget needs a reason (it is kept in erasure_log)")
                 # the pipeline's state first (pipelines.privacy.erasure), restored under the configuration the
                 # pipeline runs with: a snapshot taken under another one stops the erasure before the store
-                state_rows = erase_from_recovery(settings.recovery_dir, [args.user], settings.shard_config())
+                state_rows = erase_from_recovery(settings.recovery_dir, [args.user], shard_config(settings))
             on_cluster = args.cluster
             counts = forget_user(
                 store, args.user, reason=args.reason, table_suffix="_local" if on_cluster else "", on_cluster=on_cluster

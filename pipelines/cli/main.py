@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pipelines.core.rules import RuleError
+from pipelines.flow.runner import shard_config
 from pipelines.settings import Settings
 
 log = logging.getLogger("lifecycle")
@@ -117,7 +118,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     s = _settings({name: getattr(args, name) for name in _RUN_FLAGS.values()})
     try:  # taxonomy and playbook files are validated before anything starts
-        cfg = s.shard_config()
+        cfg = shard_config(s)
     except RuleError as err:
         print(f"lifecycle run: {err}", file=sys.stderr)
         return 2

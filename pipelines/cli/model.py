@@ -139,7 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pipelines.core.defaults import MATURE, STAGES, default_taxonomy
     from pipelines.core.features import FEATURE_NAMES, LOG_MASK, schema_hash
     from pipelines.monitoring.drift import META_KEY as DRIFT_META_KEY
-    from pipelines.monitoring.drift import reference_from_events
+    from pipelines.offline.drift_reference import reference_from_events
     from pipelines.offline.training import build_training_set
 
     cutoff = as_of_ms(args.as_of)

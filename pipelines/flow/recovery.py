@@ -44,7 +44,7 @@ def erase_from_recovery(recovery_dir: Path, user_ids: Iterable[str], shard_cfg: 
     """Remove users from every shard snapshot in a Bytewax recovery store; return the rows erased.
 
     ``shard_cfg`` must be the configuration the pipeline runs with
-    (:meth:`pipelines.settings.Settings.shard_config`): a snapshot taken under
+    (:func:`pipelines.flow.runner.shard_config`): a snapshot taken under
     another taxonomy or playbook is refused (:class:`ValueError`), since
     restoring it would relabel or remap every user, not only the erased ones.
     Run it while the pipeline is stopped (Bytewax holds the recovery store

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from pipelines.contract.events import DecodeLimits, RawBatch
 from pipelines.contract.time import Clock
+from pipelines.core.shard import ShardConfig
 from pipelines.flow.dataflow import FlowConfig, build_flow
 from pipelines.io.files import FileSource, IteratorSource
 from pipelines.io.store.base import Store, record_model_version
@@ -54,11 +55,24 @@ class RunResult:
     actions_granted: dict[str, int] = field(default_factory=dict)
 
 
+def shard_config(s: Settings) -> ShardConfig:
+    """The shard step's configuration from ``s``: taxonomy and playbook (validated), lateness, cadence, dedup."""
+    taxonomy = s.load_taxonomy()
+    return ShardConfig(
+        taxonomy=taxonomy,
+        playbook=s.load_playbook(taxonomy),
+        allowed_lateness_ms=s.allowed_lateness_seconds * 1000,
+        score_interval_ms=int(s.score_interval_seconds * 1000),
+        dedup_window_ms=s.dedup_window_seconds * 1000,
+        dedup_max_keys=s.dedup_max_keys,
+    )
+
+
 def flow_config(s: Settings) -> FlowConfig:
     return FlowConfig(
         shards=s.shards,
         limits=DecodeLimits(max_event_bytes=s.max_event_bytes, max_future_ms=s.max_future_seconds * 1000),
-        shard=s.shard_config(),
+        shard=shard_config(s),
         idle_advance_seconds=s.idle_advance_seconds,
         exchange=s.addresses is not None and len(s.addresses.split(",")) > 1,
         store_retry=s.store_retry(),

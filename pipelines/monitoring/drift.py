@@ -25,18 +25,15 @@ alert threshold in ``infra/prometheus/rules``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from pipelines.contract.events import EventColumns
 from pipelines.core.features import FEATURE_NAMES
-from pipelines.core.shard import FeatureRows, ShardConfig, ShardProcessor
 from pipelines.monitoring.metrics import PipelineMetrics
-from pipelines.scoring.scorer import Scorer
 
 #: Scores watched for drift (columns of ``user_scores``).
 SCORE_NAMES: tuple[str, ...] = ("churn_risk", "purchase_propensity")
@@ -54,7 +51,6 @@ META_KEY = "drift_reference"
 _EPS = 1e-4  # floor of a bin share: an empty bin would make ln(a/e) infinite
 
 Kind = Literal["score", "feature"]
-ScoreFn = Callable[[npt.NDArray[np.float32]], Mapping[str, npt.NDArray[np.float32]]]
 
 
 def population_stability_index(
@@ -170,54 +166,10 @@ def build_reference(
     return DriftReference(tuple(cols), int(features.shape[0]))
 
 
-def streamed_rows(
-    events: EventColumns, *, cfg: ShardConfig | None = None, batch_events: int = 20_000
-) -> Iterator[FeatureRows]:
-    """Replay ``events`` in time order through one :class:`ShardProcessor`, in batches as a source would
-    deliver them, and yield the feature rows the stream would score (touched users and fired timers).
-    """
-    ev = events.take(np.argsort(events.ts_ms, kind="stable"))
-    proc = ShardProcessor(cfg or ShardConfig())
-    for i in range(0, len(ev), batch_events):
-        chunk = ev.take(np.arange(i, min(len(ev), i + batch_events)))
-        res = proc.process(chunk, clock_hint_ms=int(chunk.ts_ms.max()))
-        if res.rows is not None and len(res.rows):
-            yield res.rows
 
 
-def reference_from_events(
-    events: EventColumns,
-    score: ScoreFn,
-    *,
-    since_ms: int,
-    cfg: ShardConfig | None = None,
-    batch_events: int = 20_000,
-    bins: int = 10,
-) -> DriftReference:
-    """The reference as the stream sees it: rows scored at or after ``since_ms`` while replaying ``events``.
-
-    ``score`` maps a feature matrix to ``{"churn_risk": ..., "purchase_propensity": ...}``
-    (see :func:`score_columns`). Replay everything before ``since_ms`` too: the
-    state (windows, recency, timers) must be warm when the window starts.
-    """
-    feats: list[npt.NDArray[np.float32]] = []
-    for rows in streamed_rows(events, cfg=cfg, batch_events=batch_events):
-        if rows.version >= since_ms:
-            feats.append(rows.features)
-    if not feats:
-        raise ValueError(f"no rows scored at or after {since_ms} (ms): the history ends before the window")
-    x = np.concatenate(feats)
-    return build_reference(x, score(x), bins=bins)
 
 
-def score_columns(scorer: Scorer) -> ScoreFn:
-    """A :data:`ScoreFn` over a :class:`~pipelines.scoring.scorer.Scorer`."""
-
-    def fn(x: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[np.float32]]:
-        s = scorer.score(x)
-        return {"churn_risk": s.churn_risk, "purchase_propensity": s.purchase_propensity}
-
-    return fn
 
 
 class DriftMonitor:

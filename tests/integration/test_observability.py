@@ -22,8 +22,9 @@ from pipelines.contract.events import EventColumns, RawBatch, decode_batch
 from pipelines.flow.runner import run_pipeline
 from pipelines.io.store.base import StoreError
 from pipelines.io.store.chdb import ChdbStore
-from pipelines.monitoring.drift import DriftMonitor, DriftReference, reference_from_events, score_columns, streamed_rows
+from pipelines.monitoring.drift import DriftMonitor, DriftReference
 from pipelines.monitoring.metrics import PipelineMetrics
+from pipelines.offline.drift_reference import reference_from_events, score_columns, streamed_rows
 from pipelines.offline.simulate import SimConfig, simulate
 from pipelines.offline.simulate_io import iter_ndjson_batches, write_jsonl
 from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, Scorer

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipelines.io.store.base import _INSERT_CLAUSE, Params, Store, StoreError, arrow_stream
-from pipelines.io.store.http import _text_params
+from pipelines.io.store.base import _INSERT_CLAUSE, Params, Store, StoreError, _text_params, arrow_stream
 
 
 class ChdbStore(Store):

@@ -18,6 +18,7 @@ from pipelines.contract.ids import hash_strings
 from pipelines.core.shard import ShardConfig, ShardProcessor
 from pipelines.flow.dataflow import FlowConfig, ShardLogic, build_flow
 from pipelines.flow.recovery import FLOW_ID, STATE_SNAPSHOT_STEP_ID, STATE_STEP, erase_from_recovery
+from pipelines.flow.runner import shard_config
 from pipelines.monitoring.metrics import PipelineMetrics
 from pipelines.settings import Settings
 from tests.support.shards import busy_shard
@@ -58,7 +59,7 @@ def _logic_snapshot(key: str, proc: ShardProcessor) -> dict[str, Any]:
 
 @pytest.fixture
 def cfg() -> ShardConfig:
-    return Settings().shard_config()
+    return shard_config(Settings())
 
 
 @pytest.fixture
@@ -135,9 +136,9 @@ def test_erasure_refuses_a_snapshot_that_restore_would_change_for_everyone(
     path = _store(tmp_path / "rec", {0: {("s0", 1): _logic_snapshot("s0", shards["s0"])}})
     before = _read(path)
     with pytest.raises(ValueError, match="another taxonomy"):  # it would relabel every user
-        erase_from_recovery(path, GONE, Settings(taxonomy="aida-5").shard_config())
-    lifecycle = Settings().shard_config()
-    other_playbook = Settings(playbook="groups-4", taxonomy="groups-4").shard_config().playbook
+        erase_from_recovery(path, GONE, shard_config(Settings(taxonomy="aida-5")))
+    lifecycle = shard_config(Settings())
+    other_playbook = shard_config(Settings(playbook="groups-4", taxonomy="groups-4")).playbook
     with pytest.raises(ValueError, match="another playbook"):  # it would remap everyone's action history
         erase_from_recovery(path, GONE, ShardConfig(taxonomy=lifecycle.taxonomy, playbook=other_playbook))
     with pytest.raises(ValueError, match="non-empty"):

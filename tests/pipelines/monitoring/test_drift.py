@@ -20,10 +20,9 @@ from pipelines.monitoring.drift import (
     build_reference,
     population_stability_index,
     quantile_edges,
-    reference_from_events,
-    streamed_rows,
 )
 from pipelines.monitoring.metrics import PipelineMetrics
+from pipelines.offline.drift_reference import reference_from_events, streamed_rows
 from pipelines.offline.simulate import SimConfig, simulate
 from pipelines.offline.simulate_io import iter_ndjson_batches
 
