@@ -134,9 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Build the training set at rolling origins before --as-of, fit, calibrate, save the artifact."""
     from models.artifact import save_artifact
     from models.fit import FitConfig, fit
-    from models.reference import build_reference
     from pipelines.contract.time import DAY_MS, as_of_ms, ms_to_day
-    from pipelines.core.defaults import MATURE, STAGES, default_taxonomy
+    from pipelines.core.defaults import MATURE, default_taxonomy
     from pipelines.core.features import FEATURE_NAMES, LOG_MASK, schema_hash
     from pipelines.monitoring.drift import META_KEY as DRIFT_META_KEY
     from pipelines.offline.drift_reference import reference_from_events
@@ -161,8 +160,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         weight = (0.5 ** ((ts.origin.max() - ts.origin) / args.recency_half_life)).astype(np.float32)
     model, report = fit(ts.x, ts.y, LOG_MASK, cfg, groups=ts.user_key, baseline_mask=active, sample_weight=weight)
     fit_s = time.perf_counter() - t0
-    ref_scores = _predict(model, ts.x_as_of)
-    stages = default_taxonomy().assign_stages(ts.x_as_of)
     # two references: the batch population (every user as of --as-of, what `score` sees) and, for the
     # streaming drift monitor, the rows the stream itself scored in the last days before --as-of
     drift_ref = reference_from_events(
@@ -170,12 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         lambda x: _predict(model, x),
         since_ms=int(cutoff - args.drift_window_days * DAY_MS),
     )
-    reference = build_reference(
-        ref_scores,
-        {name: ts.x_as_of[:, i] for i, name in enumerate(FEATURE_NAMES)},
-        population=f"every user seen up to {args.as_of}, features and scores as of then (default stage rules)",
-        categories={"stage": {s: float(np.mean(stages == i)) for i, s in enumerate(STAGES)}},
-    )
+    reference = batch_reference(model, ts.x_as_of, args.as_of)
     version = args.model_version or f"lsm-{args.as_of}-h{args.horizon_days}"
     save_artifact(
         model,
@@ -219,6 +211,69 @@ def cmd_train(args: argparse.Namespace) -> int:
         + ", ".join(f"{h} {m['roc_auc']:.3f}" for h, m in val.items())
     )
     return 0
+
+
+def batch_reference(model: Any, x_as_of: Any, as_of: str) -> dict[str, Any]:
+    """The artifact's ``reference`` block: every user seen up to ``as_of`` (feature rows ``x_as_of``, the
+    ``TrainingSet.x_as_of`` of ``train``) scored by ``model``; bins from :func:`models.reference.build_reference`.
+    """
+    from models.reference import build_reference
+    from pipelines.core.defaults import STAGES, default_taxonomy
+    from pipelines.core.features import FEATURE_NAMES
+
+    stages = default_taxonomy().assign_stages(x_as_of)
+    return build_reference(
+        _predict(model, x_as_of),
+        {name: x_as_of[:, i] for i, name in enumerate(FEATURE_NAMES)},
+        population=f"every user seen up to {as_of}, features and scores as of then (default stage rules)",
+        categories={"stage": {s: float(np.mean(stages == i)) for i, s in enumerate(STAGES)}},
+    )
+
+
+def refresh_reference(model_dir: Path, events: Path, *, write: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    r"""Recompute the ``reference`` block of a trained artifact without retraining; return ``(stored, recomputed)``.
+
+    For when the binning in :mod:`models.reference` changes. ``events`` must be the history the model was
+    trained on: the population of ``train`` (every user as of the artifact's ``as_of``) is rebuilt with the
+    same code, checked against the artifact's data fingerprint and origins, and scored with the stored
+    weights. With ``write``, only the ``reference`` key of ``artifact.json`` is replaced (same JSON layout
+    as :func:`models.artifact.save_artifact`; ``model.pt`` and every other key are left as they are). The
+    bundled artifact (``make model`` wrote ``build/train.jsonl.gz`` with ``lifecycle simulate --users 30000
+    --days 150 --seed 11 --start 2026-06-01``)::
+
+        python -c "from pathlib import Path; from pipelines.cli.model import refresh_reference; \
+            refresh_reference(Path('models/artifacts/default'), Path('build/train.jsonl.gz'), write=True)"
+    """
+    import json
+
+    from models.artifact import load_artifact
+    from pipelines.contract.time import DAY_MS
+    from pipelines.core.features import FEATURE_NAMES, schema_hash
+    from pipelines.offline.training import build_training_set
+
+    art = load_artifact(model_dir, expected_schema_hash=schema_hash(), expected_names=FEATURE_NAMES)
+    meta = art.meta
+    origins = [int(t) for t in meta["origins_ms"]]
+    step_days = round((origins[1] - origins[0]) / DAY_MS) if len(origins) > 1 else 7
+    hist = _read(events)
+    ts = build_training_set(
+        hist.events,
+        as_of_ms=int(meta["as_of_ms"]),
+        horizon_days=int(meta["horizon_days"]),
+        origins=len(origins),
+        step_days=step_days,
+    )
+    if ts.fingerprint != meta["data_fingerprint"] or list(ts.origins_ms) != origins:
+        raise ValueError(
+            f"{events}: not the history {model_dir} was trained on (data fingerprint {ts.fingerprint}, "
+            f"artifact {meta['data_fingerprint']}; or other origins)"
+        )
+    recomputed = batch_reference(art.model, ts.x_as_of, str(meta["as_of"]))
+    stored = meta.get("reference", {})
+    if write:
+        meta["reference"] = recomputed
+        (model_dir / "artifact.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return stored, recomputed
 
 
 def _predict(model: Any, x: Any) -> dict[str, Any]:

@@ -6,7 +6,8 @@ traffic with the distribution the model was trained on, over fixed bins::
     PSI = sum_i (a_i - e_i) * ln(a_i / e_i)     (e, a: expected and actual bin shares)
 
 Rule of thumb: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 major shift (the
-alert threshold in ``infra/prometheus/rules``).
+alert threshold in ``infra/prometheus/rules``). The binning and PSI maths are
+:mod:`models.reference`'s, shared with the artifact's batch ``reference`` block.
 
 * :class:`DriftReference` - bin edges (deciles of the training values) and the
   expected share per bin for each score and each of :data:`DRIFT_FEATURES`. It
@@ -32,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from models.reference import bin_counts, population_stability_index, quantile_edges
 from pipelines.core.features import FEATURE_NAMES
 from pipelines.monitoring.metrics import PipelineMetrics
 
@@ -48,50 +50,8 @@ DRIFT_FEATURES: tuple[str, ...] = (
     "tenure_days",
 )
 META_KEY = "drift_reference"
-_EPS = 1e-4  # floor of a bin share: an empty bin would make ln(a/e) infinite
 
 Kind = Literal["score", "feature"]
-
-
-def population_stability_index(
-    expected_bins: npt.ArrayLike, actual_counts: npt.ArrayLike, *, eps: float = _EPS
-) -> float:
-    """PSI of ``actual_counts`` against ``expected_bins`` (counts or shares; both are normalised).
-
-    Bin shares are floored at ``eps`` so that a bin empty on one side adds a
-    large but finite term instead of infinity.
-    """
-    e = np.asarray(expected_bins, np.float64)
-    a = np.asarray(actual_counts, np.float64)
-    if e.shape != a.shape or e.ndim != 1 or e.shape[0] == 0:
-        raise ValueError(f"expected and actual need the same non-empty 1-d shape, got {e.shape} and {a.shape}")
-    if (e < 0).any() or (a < 0).any() or not (np.isfinite(e).all() and np.isfinite(a).all()):
-        raise ValueError("bin counts must be finite and non-negative")
-    if e.sum() <= 0 or a.sum() <= 0:
-        raise ValueError("bin counts sum to zero: nothing to compare")
-    e = np.maximum(e / e.sum(), eps)
-    a = np.maximum(a / a.sum(), eps)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-def bin_counts(values: npt.ArrayLike, edges: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """Counts of finite ``values`` in the ``len(edges) + 1`` bins ``(-inf, e0), [e0, e1), ..., [ek, inf)``."""
-    v = np.asarray(values, np.float64)
-    v = v[np.isfinite(v)]
-    ed = np.asarray(edges, np.float64)
-    idx = np.searchsorted(ed, v, side="right")
-    return np.bincount(idx, minlength=ed.shape[0] + 1).astype(np.float64)
-
-
-def quantile_edges(values: npt.ArrayLike, bins: int = 10) -> npt.NDArray[np.float64]:
-    """Interior bin edges at the ``bins``-quantiles of ``values`` (ties collapse, so fewer bins is possible)."""
-    if bins < 2:
-        raise ValueError(f"bins must be >= 2, got {bins}")
-    v = np.asarray(values, np.float64)
-    v = v[np.isfinite(v)]
-    if v.shape[0] == 0:
-        raise ValueError("no finite values to place bin edges on")
-    return np.unique(np.quantile(v, np.arange(1, bins) / bins))
 
 
 @dataclass(frozen=True, slots=True)

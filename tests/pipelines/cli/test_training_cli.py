@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 import torch
 
-from pipelines.cli.model import main
+from pipelines.cli.model import main, refresh_reference
 from pipelines.contract.time import as_of_ms
 from pipelines.core.features import FEATURE_NAMES
 from pipelines.monitoring.drift import DriftReference
@@ -134,3 +134,23 @@ def test_train_reads_csv_histories_like_jsonl(history: dict, tmp_path: Path) -> 
     out = tmp_path / "from_csv"
     assert main(["train", "--events", str(tmp_path / "past.csv"), *TRAIN, "--out", str(out)]) == 0
     assert _meta(out)["data_fingerprint"] == _meta(history["model"])["data_fingerprint"]
+
+
+def test_the_reference_block_is_recomputed_from_the_training_history_without_retraining(
+    history: dict, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(history["model"], model)
+    text, weights = (model / "artifact.json").read_text(), (model / "model.pt").read_bytes()
+    stored, again = refresh_reference(model, history["past"])  # same population as `train` saw
+    assert again == stored == _meta(model)["reference"]
+    stale = _meta(model)
+    stale["reference"]["scores"] = {}
+    (model / "artifact.json").write_text(json.dumps(stale, indent=2, sort_keys=True) + "\n")
+    refresh_reference(model, history["full"], write=True)  # events after as-of are ignored, as in `train`
+    assert (model / "artifact.json").read_text() == text  # only the block changed, and back
+    assert (model / "model.pt").read_bytes() == weights
+    other = tmp_path / "other.jsonl"
+    write_jsonl(history["users"].filter(pl.col("ts") <= as_of_ms(AS_OF) - 86_400_000), other)
+    with pytest.raises(ValueError, match="not the history"):
+        refresh_reference(model, other)

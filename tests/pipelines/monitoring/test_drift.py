@@ -1,7 +1,11 @@
-"""PSI, drift references and the drift monitor (pure logic, a fresh registry per test)."""
+"""Drift references and the drift monitor (pure logic, a fresh registry per test).
+
+The binning and PSI maths are ``models.reference``'s (tested in ``tests/models/test_reference.py``).
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 
@@ -9,17 +13,17 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+import models.reference
+from models.reference import bin_counts, psi
 from pipelines.contract.events import EventColumns, RawBatch, decode_batch
 from pipelines.core.features import FEATURE_NAMES
+from pipelines.monitoring import drift
 from pipelines.monitoring.drift import (
     DRIFT_FEATURES,
     SCORE_NAMES,
     DriftMonitor,
     DriftReference,
-    bin_counts,
     build_reference,
-    population_stability_index,
-    quantile_edges,
 )
 from pipelines.monitoring.metrics import PipelineMetrics
 from pipelines.offline.drift_reference import reference_from_events, streamed_rows
@@ -49,42 +53,6 @@ def _psi_values(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
     }
 
 
-def test_psi_is_zero_for_identical_distributions_and_grows_with_the_shift() -> None:
-    e = [10, 20, 30, 40]
-    assert population_stability_index(e, e) == 0.0
-    assert population_stability_index(e, [20, 40, 60, 80]) == pytest.approx(0.0)  # counts vs shares
-    small = population_stability_index(e, [12, 20, 29, 39])
-    large = population_stability_index(e, [40, 30, 20, 10])
-    assert 0 < small < 0.1 < 0.25 < large
-
-
-def test_psi_matches_the_textbook_formula() -> None:
-    e, a = np.array([0.25, 0.25, 0.5]), np.array([0.2, 0.3, 0.5])
-    expected = float(np.sum((a - e) * np.log(a / e)))
-    assert population_stability_index(e, a) == pytest.approx(expected)
-
-
-def test_psi_of_an_empty_bin_is_large_but_finite() -> None:
-    psi = population_stability_index([50, 50, 0], [40, 40, 20])
-    assert math.isfinite(psi) and psi > 1.0
-
-
-@pytest.mark.parametrize(
-    ("expected", "actual", "match"),
-    [([1, 2], [1, 2, 3], "same non-empty"), ([1, -1], [1, 1], "non-negative"), ([1, 1], [0, 0], "sum to zero")],
-)
-def test_psi_rejects_bad_input(expected: list[int], actual: list[int], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        population_stability_index(expected, actual)
-
-
-def test_bins_cover_the_real_line_and_ties_collapse_edges() -> None:
-    edges = quantile_edges(np.array([0, 0, 0, 0, 0, 0, 0, 1, 2, 3], float), bins=10)
-    assert edges.tolist() == sorted(set(edges.tolist()))
-    counts = bin_counts([-5.0, 0.0, 0.5, 3.0, 99.0, np.nan, np.inf], edges)
-    assert counts.sum() == 5 and counts.shape[0] == edges.shape[0] + 1  # non-finite values dropped
-
-
 def test_reference_round_trips_through_artifact_json() -> None:
     x, s = _rows(5000)
     ref = build_reference(x, s)
@@ -93,6 +61,34 @@ def test_reference_round_trips_through_artifact_json() -> None:
     meta = json.loads(json.dumps({"model_version": "m", **{"drift_reference": ref.to_meta()}}))
     assert DriftReference.from_meta(meta) == ref
     assert DriftReference.from_meta({"model_version": "m"}) is None
+
+
+def test_drift_has_no_binning_or_psi_code_of_its_own() -> None:
+    assert drift.bin_counts is models.reference.bin_counts
+    assert drift.quantile_edges is models.reference.quantile_edges
+    assert drift.population_stability_index is models.reference.population_stability_index
+    src = inspect.getsource(drift)
+    assert "searchsorted" not in src and "np.quantile" not in src and "np.log" not in src
+
+
+def test_the_artifact_reference_block_and_the_live_gauges_bin_and_score_alike() -> None:
+    x, s = _rows(20_000, seed=6)
+    live = build_reference(x, s)  # artifact.json "drift_reference": what DriftMonitor reads
+    block = models.reference.build_reference(  # artifact.json "reference"
+        s, {name: x[:, FEATURE_NAMES.index(name)] for name in DRIFT_FEATURES}, population="test"
+    )
+    registry = CollectorRegistry()
+    mon = DriftMonitor(live, PipelineMetrics(registry), min_rows=1000)
+    x2, s2 = _rows(5000, seed=7, shift=2.0)
+    mon.observe(x2, s2)  # one batch: the monitor's counts are exactly this batch's
+    gauges = _psi_values(registry)
+    for col, counts in zip(live.columns, mon._counts, strict=True):
+        bins = block["scores" if col.kind == "score" else "features"][col.name]
+        assert list(col.edges) == bins["edges"] and list(col.expected) == bins["fractions"]
+        values = s2[col.name] if col.kind == "score" else x2[:, FEATURE_NAMES.index(col.name)]
+        assert counts.tolist() == bin_counts(values, bins["edges"]).tolist()
+        assert gauges[(col.kind, col.name)] == psi(bins, values)
+    assert gauges[("feature", "days_since_active")] > 0.25  # a real shift, not a comparison of zeros
 
 
 def test_monitor_reports_near_zero_psi_for_the_reference_population_and_flags_a_shift() -> None:
