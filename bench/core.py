@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from pipelines.contract.events import TYPE_CODE, EventColumns, RawBatch
 from pipelines.contract.ids import hash_strings
 from pipelines.core.defaults import default_playbook
-from pipelines.core.playbook import ActionLedger
+from pipelines.core.ledger import ActionLedger
 from pipelines.core.state import ShardState
 from pipelines.flow.runner import open_migrated_store, run_pipeline
 from pipelines.io.files import IteratorSource

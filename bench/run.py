@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 
-from pipelines.contract.events import RawBatch, decode_batch
+from pipelines.contract.decode import decode_batch
+from pipelines.contract.events import RawBatch
 from pipelines.core.shard import ShardConfig, ShardProcessor
 from pipelines.flow.dataflow import split_by_shard
 from pipelines.flow.runner import run_pipeline

@@ -48,7 +48,8 @@ def emit(name: str, value: float, unit: str, **extra: object) -> None:
 
 def simulated_features(users: int) -> np.ndarray:
     """Every simulated user's features at the end of a 30-day history (what the stream scores)."""
-    from pipelines.contract.events import EventColumns, RawBatch, decode_batch
+    from pipelines.contract.decode import decode_batch
+    from pipelines.contract.events import EventColumns, RawBatch
     from pipelines.core.features import compute_features
     from pipelines.offline.history import sort_by_time, state_as_of
     from pipelines.offline.simulate import SimConfig, simulate

@@ -113,10 +113,10 @@ def _guard(fn: Handler) -> Handler:
 
 
 def _read(path: Path) -> EventHistory:
-    from pipelines.offline.history import read_history
+    from pipelines.offline.history import load_history
 
     t0 = time.perf_counter()
-    hist = read_history(path)
+    hist = load_history([path])
     msg = f"read {len(hist.events):,} events from {path} in {time.perf_counter() - t0:.1f}s"
     if hist.n_rejected:
         msg += f"; rejected {hist.n_rejected:,} ({dict(hist.rejected)}), e.g. {'; '.join(hist.examples[:3])}"
@@ -294,7 +294,7 @@ def _predict(model: Any, x: Any) -> dict[str, Any]:
 def cmd_score(args: argparse.Namespace) -> int:
     """Score every user seen up to --as-of with the streaming scorer; write CSV or Parquet."""
     from pipelines.contract.time import as_of_ms
-    from pipelines.offline.history import score_as_of, write_scores
+    from pipelines.offline.score import score_as_of, write_scores
     from pipelines.scoring.scorer import Scorer
 
     if not args.out.name.lower().endswith((".csv", ".parquet", ".pq")):

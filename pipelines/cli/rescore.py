@@ -81,7 +81,8 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     from models.artifact import ArtifactError
     from pipelines.core.rules import RuleError
     from pipelines.flow.runner import open_migrated_store
-    from pipelines.offline.rescore import load_events, rescore
+    from pipelines.offline.history import load_history
+    from pipelines.offline.rescore import rescore
     from pipelines.scoring.scorer import Scorer
     from pipelines.settings import Settings
 
@@ -97,7 +98,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     try:
         as_of = parse_as_of(args.as_of) if args.as_of else None
         scorer = Scorer.from_dir(args.model, device=s.device, max_batch_rows=args.batch_rows, precision=args.precision)
-        events = load_events(args.events)
+        events = load_history(args.events).events
     except (ArtifactError, FileNotFoundError, ValueError) as err:
         print(f"lifecycle rescore: {err}", file=sys.stderr)
         return 2

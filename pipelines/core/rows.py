@@ -13,7 +13,8 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from pipelines.contract.events import Rejection
-from pipelines.core.playbook import ActionLedger, Decisions, Playbook, action_names, rule_names
+from pipelines.core.ledger import ActionLedger
+from pipelines.core.playbook import Decisions, Playbook, action_names, rule_names
 from pipelines.core.scores import Scores
 from pipelines.core.shard import FeatureRows
 from pipelines.core.taxonomy import Taxonomy

@@ -38,7 +38,8 @@ from pipelines.contract.time import NEVER
 from pipelines.core.dedup import Deduplicator
 from pipelines.core.defaults import default_playbook, default_taxonomy
 from pipelines.core.features import compute_features
-from pipelines.core.playbook import ActionLedger, Playbook
+from pipelines.core.ledger import ActionLedger
+from pipelines.core.playbook import Playbook
 from pipelines.core.state import ShardState
 from pipelines.core.taxonomy import Taxonomy
 from pipelines.core.timers import SilenceTimers

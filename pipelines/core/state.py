@@ -115,8 +115,6 @@ _ROW_ARRAYS: tuple[str, ...] = (
 )
 
 
-
-
 @dataclass
 class Applied:
     """What :meth:`ShardState.apply` did with a batch."""

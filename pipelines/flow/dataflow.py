@@ -32,15 +32,13 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 
-from pipelines.contract.events import Decoded, DecodeLimits, EventColumns, RawBatch, Rejection, decode_batch
+from pipelines.contract.decode import Decoded, DecodeLimits, decode_batch
+from pipelines.contract.events import EventColumns, RawBatch, Rejection
 from pipelines.contract.time import Clock
-from pipelines.core.playbook import decide, playbook_context
-from pipelines.core.rows import Labels, Records, action_columns, reject_records, score_records
+from pipelines.core.labels import DecideActions, label_rows
+from pipelines.core.rows import Records, reject_records
 from pipelines.core.shard import ShardConfig, ShardProcessor, ShardResult
 from pipelines.flow.recovery import FLOW_ID, STATE_STEP
-from pipelines.io.store.base import Store
-from pipelines.io.store.retry import RetryPolicy
-from pipelines.io.store.sink import StoreSink
 from pipelines.monitoring.drift import DriftMonitor
 from pipelines.monitoring.metrics import PipelineMetrics
 from pipelines.privacy.consent import ConsentFilter
@@ -58,8 +56,6 @@ class FlowConfig:
     #: several processes: sub-batches cross process boundaries, so each must carry only
     #: its own raw payloads (not a reference to the whole batch) when pickled
     exchange: bool = False
-    #: how the store sink waits out an unavailable store (backoff, optional outage limit)
-    store_retry: RetryPolicy = RetryPolicy()
 
 
 def shard_of(user_key: np.ndarray, shards: int) -> np.ndarray:
@@ -200,39 +196,30 @@ class ScoreStep:
             self.drift.observe(
                 rows.features, {"churn_risk": scores.churn_risk, "purchase_propensity": scores.purchase_propensity}
             )
-        tax = self.taxonomy
-        tiers = tax.assign_tiers(rows.features, scores.churn_risk, scores.purchase_propensity)
-        risk = tax.at_risk(rows.features, rows.stage, scores.churn_risk, scores.purchase_propensity)
         if self.consent is not None:
             marketing = self.consent.marketing_ok(proc.state.user_key[rows.rows])
         else:
             marketing = np.ones(len(rows), bool)
-        ctx = playbook_context(
-            rows.features,
-            churn_risk=scores.churn_risk,
-            purchase_propensity=scores.purchase_propensity,
-            stage=rows.stage,
-            prev_stage=rows.prev_stage,
-            tier=tiers,
-            at_risk=risk,
-            marketing_consent=marketing,
-            reason_features=scores.reason_features,
+        labeled = label_rows(
+            rows,
+            scores,
+            self.taxonomy,
+            DecideActions(self.playbook, proc.ledger, marketing, shard=shard, shards=shards),
+            model_version=self.scorer.model_version,
+            scored_at_ms=int(self.clock() * 1000),
         )
-        eligible = None if rows.provisional is None else ~rows.provisional
-        acts = decide(
-            self.playbook, proc.ledger, rows.rows, ctx, rows.version, shard=shard, shards=shards, eligible=eligible
-        )
+        acts = labeled.decisions
+        assert acts is not None  # DecideActions always decides
         self.metrics.batches.labels(step="score").inc()
         count_transitions(self.metrics, rows.prev_stage, rows.stage, self._stage_names)
         count_actions(self.metrics, acts.action[acts.granted], self.playbook.action_names)
-        labels = Labels(tax, tiers, risk, action_columns(self.playbook, proc.ledger, acts))
-        return score_records(rows, scores, labels, self.scorer.model_version, int(self.clock() * 1000))
+        return labeled.records
 
 
 def build_flow(
     source: Source[RawBatch],
     *,
-    store: Store,
+    sink: Sink[tuple[str, Records]],
     scorer: Scorer,
     metrics: PipelineMetrics,
     cfg: FlowConfig,
@@ -244,7 +231,11 @@ def build_flow(
     dead_letter_sink: Sink[tuple[str, list[Rejection]]] | None = None,
     transitions_sink: Sink[tuple[str, Records]] | None = None,
 ) -> Dataflow:
-    """Wire the dataflow. ``on_batch(n)`` is called with each raw batch's size (progress bars).
+    """Wire the dataflow from ``source`` to ``sink``. ``on_batch(n)`` is called with each raw batch's size.
+
+    ``sink`` receives every store row as ``("store", Records)``: in production the
+    :class:`~pipelines.io.store.sink.StoreSink` (ClickHouse), in tests any Bytewax sink
+    (``bytewax.testing.TestingSink``), so a dataflow test needs no engine.
 
     ``dead_letter_sink`` / ``transitions_sink`` (Kafka, :mod:`pipelines.io.kafka.sinks`): extra
     outputs beside the store; every sink acknowledges its writes before an epoch commits.
@@ -294,7 +285,7 @@ def build_flow(
 
     score_rows = op.flat_map("score_rows", results, lambda r: r.records)
     records = op.key_on("to_store", op.merge("records", score_rows, reject_rows), lambda _: "store")
-    op.output("store", records, StoreSink(store, metrics, clock=clock, retry=cfg.store_retry))
+    op.output("store", records, sink)
     if dead_letter_sink is not None:
         op.output("dead_letters_out", op.key_on("to_dead_letters", all_rejects, lambda _: "dlq"), dead_letter_sink)
     if transitions_sink is not None:

@@ -24,13 +24,15 @@ from bytewax.recovery import RecoveryConfig
 from bytewax.run import cli_main
 from prometheus_client import CollectorRegistry
 
-from pipelines.contract.events import DecodeLimits, RawBatch
+from pipelines.contract.decode import DecodeLimits
+from pipelines.contract.events import RawBatch
 from pipelines.contract.time import Clock
 from pipelines.core.shard import ShardConfig
 from pipelines.flow.dataflow import FlowConfig, build_flow
 from pipelines.io.files import FileSource, IteratorSource
 from pipelines.io.store.base import Store, record_model_version
 from pipelines.io.store.migrations import migrate
+from pipelines.io.store.sink import StoreSink
 from pipelines.io.store.url import open_store
 from pipelines.monitoring.drift import DriftMonitor, DriftReference
 from pipelines.monitoring.metrics import PipelineMetrics, serve
@@ -75,7 +77,6 @@ def flow_config(s: Settings) -> FlowConfig:
         shard=shard_config(s),
         idle_advance_seconds=s.idle_advance_seconds,
         exchange=s.addresses is not None and len(s.addresses.split(",")) > 1,
-        store_retry=s.store_retry(),
     )
 
 
@@ -175,7 +176,7 @@ def prepare_flow(
         on_source(expected)
     flow = build_flow(
         source,
-        store=store,
+        sink=StoreSink(store, metrics, clock=clock, retry=s.store_retry()),
         scorer=scorer,
         metrics=metrics,
         cfg=flow_config(s),

@@ -71,4 +71,3 @@ def score_columns(scorer: Scorer) -> ScoreFn:
         return {"churn_risk": s.churn_risk, "purchase_propensity": s.purchase_propensity}
 
     return fn
-

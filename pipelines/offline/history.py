@@ -5,7 +5,7 @@ own notion of an event or a feature:
 
 * Files in any supported format become :class:`~pipelines.contract.events.RawBatch` es of
   NDJSON payloads and go through the streaming decoder
-  (:func:`~pipelines.contract.events.decode_batch`), so a CSV or Parquet row is accepted
+  (:func:`~pipelines.contract.decode.decode_batch`), so a CSV or Parquet row is accepted
   or rejected for exactly the reasons its JSON form would be (one decoder
   semantics). CSV and Parquet rows are turned into JSON lines column-wise by
   polars, not row by row in Python.
@@ -21,9 +21,10 @@ applied once (the first occurrence in the file), as a producer retry should be.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,22 +35,22 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from pipelines.contract.events import DecodeLimits, EventColumns, RawBatch, decode_batch
-from pipelines.contract.time import DAY_MS, NEVER
-from pipelines.core.defaults import default_taxonomy
+from pipelines.contract.decode import DecodeLimits, decode_batch
+from pipelines.contract.events import EventColumns, RawBatch
+from pipelines.contract.time import DAY_MS
 from pipelines.core.features import compute_features
+from pipelines.core.shard import FeatureRows
 from pipelines.core.state import ShardState
 from pipelines.core.taxonomy import Taxonomy
 from pipelines.io.files import read_batches
-from pipelines.scoring.scorer import Scorer
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 250_000
 _ROWS_PER_BATCH = 100_000
 #: History files hold past events: judge "future" against a clock far ahead, so only the as-of bounds them.
 _OFFLINE_FUTURE_MS = 10 * 365 * DAY_MS
 _FIELDS = ("event_id", "user_id", "ts", "type", "channel", "amount", "props")
-
-
 
 
 # --------------------------------------------------------------------------- reading
@@ -196,6 +197,33 @@ def read_history(path: Path, *, limits: DecodeLimits | None = None) -> EventHist
     return EventHistory(sort_by_time(unique), rejected, len(events) - len(unique), tuple(examples))
 
 
+def load_history(paths: Sequence[Path], *, limits: DecodeLimits | None = None) -> EventHistory:
+    """THE history loader: one or more event files, decoded as the stream decodes them, one per event id, sorted.
+
+    ``lifecycle train``, ``score``, ``evaluate`` and ``rescore`` all read history through
+    here. The same event in two files (overlapping exports) counts once, as in the stream.
+    """
+    if not paths:
+        raise ValueError("no event history files given")
+    parts = [read_history(p, limits=limits) for p in paths]
+    for p, h in zip(paths, parts, strict=True):
+        if h.n_rejected:
+            log.warning("%s: %d events rejected (%s)", p, h.n_rejected, "; ".join(h.examples[:3]))
+    if len(parts) == 1:
+        return parts[0]
+    events = EventColumns.concat([h.events for h in parts], keep_payloads=False)
+    unique = first_occurrences(events)
+    rejected: Counter[str] = Counter()
+    for h in parts:
+        rejected.update(h.rejected)
+    return EventHistory(
+        sort_by_time(unique),
+        rejected,
+        sum(h.duplicates for h in parts) + len(events) - len(unique),
+        tuple(e for h in parts for e in h.examples)[:5],
+    )
+
+
 def first_occurrences(ev: EventColumns) -> EventColumns:
     """Each event id once (its first occurrence, order kept), as the stream's deduplication counts it."""
     _, first = np.unique(ev.event_key, return_index=True)
@@ -230,52 +258,32 @@ def state_as_of(ev: EventColumns, cutoff_ms: int) -> ShardState:
 # --------------------------------------------------------------------------- scoring
 
 
-def score_as_of(events: EventColumns, *, cutoff_ms: int, scorer: Scorer, taxonomy: Taxonomy | None = None) -> pa.Table:
-    """One row per user seen at or before ``cutoff_ms``, scored as of that instant.
+def rows_as_of(
+    st: ShardState,
+    rows: npt.NDArray[np.int64],
+    as_of_ms: int,
+    taxonomy: Taxonomy,
+    *,
+    version: int,
+    features: npt.NDArray[np.float32] | None = None,
+) -> FeatureRows:
+    """Feature rows of the state ``rows`` as of ``as_of_ms``, staged by ``taxonomy``, for the label step.
 
-    Events after ``cutoff_ms`` are dropped first, so they cannot change anything.
-    Columns: user_id, stage, tier, churn_risk, purchase_propensity, reasons
-    (list of phrases, strongest first), at_risk, model_version, last_event_at, as_of.
+    ``features``: the rows' features when already computed as of ``as_of_ms``. Offline rows carry
+    no transition (``prev_stage`` = ``stage``): the streaming state owns each user's previous stage
+    and emits transitions when its own clock gets there.
     """
-    tax = taxonomy or default_taxonomy()
-    ev = sort_by_time(events.take(events.ts_ms <= cutoff_ms))
-    st = state_as_of(ev, cutoff_ms)
-    rows = np.arange(st.n, dtype=np.int64)
-    feats = compute_features(st, rows, cutoff_ms)
-    scores = scorer.score(feats)
-    stage = tax.assign_stages(feats)
-    tier = tax.assign_tiers(feats, scores.churn_risk, scores.purchase_propensity)
-    n = st.n
-    last_ev = st.ts["ref_ts"][:n]  # newest event of any type, as the streaming rows report it
-    ts_type = pa.timestamp("ms", tz="UTC")
-    return pa.table(
-        {
-            "user_id": pa.array(st.user_id[:n], pa.string()),
-            "stage": pa.array(np.array(tax.stages, dtype=object)[stage], pa.string()),
-            "tier": pa.array(np.array(tax.tiers, dtype=object)[tier], pa.string()),
-            "churn_risk": pa.array(scores.churn_risk, pa.float32()),
-            "purchase_propensity": pa.array(scores.purchase_propensity, pa.float32()),
-            "reasons": scores.reasons,
-            "at_risk": pa.array(tax.at_risk(feats, stage, scores.churn_risk, scores.purchase_propensity), pa.bool_()),
-            "model_version": pa.array(np.full(n, scorer.model_version, dtype=object), pa.string()),
-            "last_event_at": pa.array(last_ev, ts_type, mask=last_ev == NEVER),
-            "as_of": pa.array(np.full(n, cutoff_ms, np.int64), ts_type),
-            "taxonomy": pa.array(np.full(n, tax.name, dtype=object), pa.string()),
-            "taxonomy_version": pa.array(np.full(n, tax.version, np.uint32), pa.uint32()),
-        }
-    ).sort_by("user_id")
-
-
-def write_scores(table: pa.Table, out: Path) -> None:
-    """Write scores as Parquet (reasons as a list column) or CSV (reasons joined by ``"; "``)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    name = out.name.lower()
-    if name.endswith((".parquet", ".pq")):
-        pq.write_table(table, out)
-    elif name.endswith(".csv"):
-        frame = pl.from_arrow(table)
-        assert isinstance(frame, pl.DataFrame)
-        frame = frame.with_columns(pl.col("reasons").list.join("; "))
-        frame.write_csv(out)
-    else:
-        raise ValueError(f"{out}: output must end in .csv or .parquet")
+    # an empty selection gives a 0 x N_FEATURES matrix
+    feats = compute_features(st, rows, as_of_ms) if features is None else features
+    stage = taxonomy.assign_stages(feats)
+    return FeatureRows(
+        user_id=st.user_id[rows],
+        rows=rows,
+        features=feats,
+        stage=stage,
+        prev_stage=stage,
+        last_event_ms=st.ts["ref_ts"][rows].copy(),
+        from_events=np.zeros(rows.shape[0], bool),
+        version=version,
+        read_at_ms=0,
+    )

@@ -52,10 +52,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -66,13 +65,13 @@ from pipelines.contract.ids import hash_strings
 from pipelines.contract.time import NEVER
 from pipelines.core.defaults import default_taxonomy
 from pipelines.core.features import compute_features
-from pipelines.core.rows import ACTION_COLUMNS, Labels, score_records
+from pipelines.core.labels import CarriedActions, label_rows
+from pipelines.core.rows import ACTION_COLUMNS
 from pipelines.core.scores import Scores
-from pipelines.core.shard import FeatureRows
 from pipelines.core.state import ShardState
 from pipelines.core.taxonomy import Taxonomy
 from pipelines.io.store.base import Store, record_model_version
-from pipelines.offline.history import first_occurrences, read_history, sort_by_time, state_as_of
+from pipelines.offline.history import rows_as_of, sort_by_time, state_as_of
 from pipelines.privacy.erasure import opted_out_users
 from pipelines.scoring.scorer import Scorer
 
@@ -104,22 +103,6 @@ class RescoreResult:
     newer_in_store: int  # the store's row is newer than the history or the as-of
     opted_out: int
     seconds: float
-
-
-def load_events(paths: Sequence[Path]) -> EventColumns:
-    """Events of one or more history files, decoded as the stream decodes them, one per event id, time-sorted."""
-    if not paths:
-        raise ValueError("rescore needs at least one --events file")
-    parts: list[EventColumns] = []
-    for p in paths:
-        hist = read_history(p)
-        if hist.n_rejected:
-            log.warning("%s: %d events rejected (%s)", p, hist.n_rejected, "; ".join(hist.examples[:3]))
-        parts.append(hist.events)
-    if len(parts) == 1:
-        return parts[0]  # read_history already deduplicated and sorted it
-    # the same event in two files (overlapping exports) counts once, as in the stream
-    return sort_by_time(first_occurrences(EventColumns.concat(parts, keep_payloads=False)))
 
 
 def store_clock_ms(store: Store) -> int:
@@ -241,27 +224,17 @@ class _Writer:
         n = page.rows.shape[0]
         if n == 0:
             return
-        st, rows = self.st, page.rows
-        tax = self.taxonomy
-        stage = tax.assign_stages(page.features)
-        fr = FeatureRows(
-            user_id=st.user_id[rows],
-            rows=rows,
-            features=page.features,
-            stage=stage,
-            prev_stage=stage,  # no transitions: the stream's state owns them (module docstring)
-            last_event_ms=st.ts["ref_ts"][rows].copy(),
-            from_events=np.zeros(n, bool),
-            version=self.as_of + 1,
-            read_at_ms=0,
-        )
-        tiers = tax.assign_tiers(page.features, scores.churn_risk, scores.purchase_propensity)
-        risk = tax.at_risk(page.features, stage, scores.churn_risk, scores.purchase_propensity)
+        rows = rows_as_of(self.st, page.rows, self.as_of, self.taxonomy, version=self.as_of + 1, features=page.features)
         # the stream's action decisions stay as they are (module docstring)
-        kept = {c: page.carried.column(c).combine_chunks().cast(t) for c, t in ACTION_COLUMNS.items()}
-        labels = Labels(tax, tiers, risk, kept)
-        recs = score_records(fr, scores, labels, self.scorer.model_version, int(self.clock() * 1000))
-        for r in recs:
+        labeled = label_rows(
+            rows,
+            scores,
+            self.taxonomy,
+            CarriedActions(page.carried),
+            model_version=self.scorer.model_version,
+            scored_at_ms=int(self.clock() * 1000),
+        )
+        for r in labeled.records:
             if r.table == "user_scores":
                 self.store.insert("user_scores", r.data)
         counts["rescored"] += n

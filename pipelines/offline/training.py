@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +27,7 @@ from pipelines.contract.events import TYPE_CODE, EventColumns
 from pipelines.contract.time import DAY_MS, NEVER, day_index
 from pipelines.core.features import compute_features
 from pipelines.core.state import ACTIVE_CODE, ShardState
-from pipelines.offline.history import read_history, replay_until, sort_by_time
+from pipelines.offline.history import replay_until, sort_by_time
 
 __all__ = [
     "HistorySummary",
@@ -37,7 +36,6 @@ __all__ = [
     "build_holdout",
     "build_training_set",
     "fingerprint",
-    "load_events",
     "replay_until",
     "sort_by_time",
 ]
@@ -65,16 +63,6 @@ class TrainingSet:
     origin: npt.NDArray[np.int64] = field(default_factory=_empty_i64)  # per row: index into origins_ms
     x_as_of: npt.NDArray[np.float32] = field(default_factory=_empty_f32)  # every user at as-of, unlabelled
     n_events: int = 0  # events at or before as-of
-
-
-def load_events(path: Path, *, now_ms: int | None = None) -> tuple[EventColumns, int]:
-    """Decode an event file (JSONL[.gz], CSV or Parquet); returns (time-sorted events, rejected count).
-
-    ``now_ms`` is accepted for compatibility and ignored: history files are judged
-    by the offline decoder limits of :func:`pipelines.offline.history.read_history`.
-    """
-    hist = read_history(path)
-    return hist.events, hist.n_rejected
 
 
 def fingerprint(ev: EventColumns) -> str:

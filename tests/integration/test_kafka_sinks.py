@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipelines.contract.events import RawBatch, Rejection, RejectReason, decode_batch
+from pipelines.contract.decode import decode_batch
+from pipelines.contract.events import RawBatch, Rejection, RejectReason
 from pipelines.core.rows import Records
 from pipelines.core.shard import ShardConfig, ShardProcessor
 from pipelines.flow.dataflow import ScoreStep, split_by_shard

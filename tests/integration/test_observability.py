@@ -18,7 +18,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import pipelines.flow.runner as app
-from pipelines.contract.events import EventColumns, RawBatch, decode_batch
+from pipelines.contract.decode import decode_batch
+from pipelines.contract.events import EventColumns, RawBatch
 from pipelines.flow.runner import run_pipeline
 from pipelines.io.store.base import StoreError
 from pipelines.io.store.chdb import ChdbStore

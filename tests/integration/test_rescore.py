@@ -20,8 +20,8 @@ from pipelines.cli.rescore import parse_as_of, register
 from pipelines.core.features import FEATURE_NAMES, compute_features, schema_hash
 from pipelines.flow.runner import run_pipeline
 from pipelines.io.store.chdb import ChdbStore
-from pipelines.offline.history import state_as_of
-from pipelines.offline.rescore import load_events, rescore
+from pipelines.offline.history import load_history, state_as_of
+from pipelines.offline.rescore import rescore
 from pipelines.offline.simulate import SimConfig, simulate
 from pipelines.offline.simulate_io import write_jsonl
 from pipelines.privacy.erasure import forget_user, set_consent
@@ -89,7 +89,7 @@ def test_rescore_writes_every_user_with_the_new_model_and_the_scores_of_the_repl
     before = {r["user_id"]: r for r in _final(store_copy)}
     assert before and {r["model_version"] for r in before.values()} == {"lsm-default-1"}
     scorer = Scorer.from_dir(new_model, device="cpu", max_batch_rows=97)  # many micro-batches per page
-    events = load_events([events_path])
+    events = load_history([events_path]).events
     store = ChdbStore(store_copy)
     try:
         res = rescore(store, scorer, events, page_rows=150)  # several pages
@@ -134,7 +134,7 @@ def test_rescore_leaves_opted_out_and_newer_rows_alone_and_never_brings_back_an_
     try:
         set_consent(store, [opted], True, "test")
         forget_user(store, erased, reason="test")
-        events = load_events([events_path])
+        events = load_history([events_path]).events
         scorer = Scorer.from_dir(new_model, device="cpu")
         # an as-of before the store's clock: rows the store wrote later would win anyway; they are left
         early = rescore(store, scorer, events, as_of_ms=min(r["version"] for r in before.values()) - 1)
@@ -190,7 +190,7 @@ def test_overlapping_event_files_load_each_event_once_in_time_order(tmp_path: Pa
     events = simulate(SimConfig(users=50, days=3)).events
     write_jsonl(events.head(400), tmp_path / "a.jsonl")
     write_jsonl(events.slice(300), tmp_path / "b.jsonl")  # 100 events in both exports
-    ev = load_events([tmp_path / "a.jsonl", tmp_path / "b.jsonl"])
+    ev = load_history([tmp_path / "a.jsonl", tmp_path / "b.jsonl"]).events
     assert len(ev) == events.height
     assert np.unique(ev.event_key).shape[0] == len(ev)
     assert bool(np.all(ev.ts_ms[1:] >= ev.ts_ms[:-1]))
@@ -200,7 +200,7 @@ def test_rescore_after_a_taxonomy_change_relabels_everyone_and_keeps_the_streams
     pipeline_store: tuple[Path, Path], store_copy: Path
 ) -> None:
     from pipelines.core.taxonomy import load_taxonomy
-    from pipelines.offline.history import score_as_of
+    from pipelines.offline.score import score_as_of
 
     events_path, _ = pipeline_store
     actions_sql = (
@@ -215,7 +215,7 @@ def test_rescore_after_a_taxonomy_change_relabels_everyone_and_keeps_the_streams
         }
         assert any(r["action"] != "none" for r in before)
         groups = load_taxonomy("groups-4")
-        events = load_events([events_path])
+        events = load_history([events_path]).events
         res = rescore(store, Scorer.from_dir(DEFAULT_MODEL_DIR, device="cpu"), events, taxonomy=groups, page_rows=150)
         after = store.query(
             "SELECT user_id, stage, tier, at_risk, taxonomy, taxonomy_version FROM user_scores FINAL ORDER BY user_id"

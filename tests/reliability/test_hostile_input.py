@@ -9,7 +9,7 @@ being copied on.
 
 Two levels:
 
-* the decoder (:func:`pipelines.contract.events.decode_batch`), property-based with hypothesis:
+* the decoder (:func:`pipelines.contract.decode.decode_batch`), property-based with hypothesis:
   arbitrary bytes, and good lines interleaved with garbage built to defeat a
   batch-joining decoder (two events on one line, two halves of one event on two lines);
 * the real pipeline end to end (``run_pipeline``, file input, embedded chDB): a
@@ -33,7 +33,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from pipelines.contract.events import CHANNELS, EVENT_TYPES, MAX_USER_ID_CHARS, DecodeLimits, RejectReason, decode_batch
+from pipelines.contract.decode import DecodeLimits, decode_batch
+from pipelines.contract.events import CHANNELS, EVENT_TYPES, MAX_USER_ID_CHARS, RejectReason
 from pipelines.flow.runner import RunResult, run_pipeline
 from pipelines.io.store.chdb import ChdbStore
 from pipelines.settings import Settings

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from pipelines.contract.events import CHANNELS, EVENT_TYPES, DecodeLimits, RejectReason, decode_batch
+from pipelines.contract.decode import DecodeLimits, decode_batch
+from pipelines.contract.events import CHANNELS, EVENT_TYPES, RejectReason
 from tests.support.events import NOW, T0, line, raw
 
 BAD_EVENTS: list[tuple[bytes, RejectReason]] = [

@@ -10,7 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from pipelines.core.defaults import default_taxonomy
-from pipelines.core.playbook import ActionLedger, Playbook, decide, load_playbook, playbook_context
+from pipelines.core.ledger import ActionLedger
+from pipelines.core.playbook import Playbook, decide, load_playbook, playbook_context
 from pipelines.core.shard import ShardConfig, ShardProcessor
 from pipelines.flow.dataflow import FlowConfig, ScoreStep, ShardLogic
 from pipelines.monitoring.metrics import PipelineMetrics

@@ -152,7 +152,7 @@ def test_state_snapshots_are_found_under_the_step_id_bytewax_gives_the_flows_sta
     # the pipeline's flow: its one snapshotting step is the stateful step named by the shared constants
     flow = build_flow(
         TestingSource([]),
-        store=None,  # type: ignore[arg-type]
+        sink=TestingSink([]),
         scorer=None,  # type: ignore[arg-type]
         metrics=PipelineMetrics(CollectorRegistry()),
         cfg=FlowConfig(),

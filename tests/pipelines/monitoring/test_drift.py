@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry
 
 import models.reference
 from models.reference import bin_counts, psi
-from pipelines.contract.events import EventColumns, RawBatch, decode_batch
+from pipelines.contract.decode import decode_batch
+from pipelines.contract.events import EventColumns, RawBatch
 from pipelines.core.features import FEATURE_NAMES
 from pipelines.monitoring import drift
 from pipelines.monitoring.drift import (

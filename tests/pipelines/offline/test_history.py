@@ -13,7 +13,8 @@ import pytest
 from pipelines.contract.events import EventColumns
 from pipelines.contract.time import as_of_ms, ms_to_day
 from pipelines.core.shard import ShardConfig, ShardProcessor
-from pipelines.offline.history import read_history, score_as_of, write_scores
+from pipelines.offline.history import read_history
+from pipelines.offline.score import score_as_of, write_scores
 from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, Scorer
 from tests.support.events import DAY_MS, T0, columns
 
@@ -108,6 +109,11 @@ def _silent_and_busy(days: int = 90) -> list[tuple]:
     return sorted(rows, key=lambda r: r[1])
 
 
+def _fixed_clock() -> float:
+    """The wall clock of ``scored_at``, fixed: the rows are then a function of the events alone."""
+    return 1_800_000_000.0
+
+
 def _ev(rows: list[tuple]) -> EventColumns:
     return columns(rows)
 
@@ -116,16 +122,16 @@ def test_scores_ignore_every_event_after_as_of(scorer: Scorer) -> None:
     cutoff = T0 + 60 * DAY_MS
     rows = _silent_and_busy()
     past = [r for r in rows if r[1] <= cutoff]
-    ref = score_as_of(_ev(past), cutoff_ms=cutoff, scorer=scorer)
+    ref = score_as_of(_ev(past), cutoff_ms=cutoff, scorer=scorer, clock=_fixed_clock)
     changed_future = [(r[0], r[1], "order", 999.0) if r[1] > cutoff else r for r in rows]
     new_future = rows + [("silent", cutoff + 1, "order", 10.0), ("newcomer", cutoff + DAY_MS, "register")]
     for variant in (rows, changed_future, sorted(new_future, key=lambda r: r[1])):
-        got = score_as_of(_ev(variant), cutoff_ms=cutoff, scorer=scorer)
+        got = score_as_of(_ev(variant), cutoff_ms=cutoff, scorer=scorer, clock=_fixed_clock)
         assert got.equals(ref)
 
 
 def test_a_long_silent_user_is_churned_and_told_so(scorer: Scorer) -> None:
-    table = score_as_of(_ev(_silent_and_busy()), cutoff_ms=T0 + 70 * DAY_MS, scorer=scorer)
+    table = score_as_of(_ev(_silent_and_busy()), cutoff_ms=T0 + 70 * DAY_MS, scorer=scorer, clock=_fixed_clock)
     by_user = {r["user_id"]: r for r in table.to_pylist()}
     silent, busy = by_user["silent"], by_user["busy"]
     assert silent["stage"] == "churned" and silent["churn_risk"] > 0.7 > busy["churn_risk"]
@@ -142,7 +148,7 @@ def test_batch_scores_and_reasons_equal_the_streaming_shard(scorer: Scorer) -> N
     res = proc.process(ev)
     assert res.rows is not None
     stream = scorer.score(res.rows.features)
-    batch = score_as_of(ev, cutoff_ms=proc.state.clock_ms, scorer=scorer).to_pylist()
+    batch = score_as_of(ev, cutoff_ms=proc.state.clock_ms, scorer=scorer, clock=_fixed_clock).to_pylist()
     by_user = {r["user_id"]: r for r in batch}
     for i, uid in enumerate(res.rows.user_id):
         b = by_user[uid]
@@ -153,13 +159,15 @@ def test_batch_scores_and_reasons_equal_the_streaming_shard(scorer: Scorer) -> N
 
 def test_batch_scoring_is_deterministic_on_cpu(scorer: Scorer) -> None:
     ev = _ev(_silent_and_busy())
-    a = score_as_of(ev, cutoff_ms=T0 + 50 * DAY_MS, scorer=scorer)
-    b = score_as_of(ev, cutoff_ms=T0 + 50 * DAY_MS, scorer=Scorer.from_dir(DEFAULT_MODEL_DIR, device="cpu"))
+    a = score_as_of(ev, cutoff_ms=T0 + 50 * DAY_MS, scorer=scorer, clock=_fixed_clock)
+    b = score_as_of(
+        ev, cutoff_ms=T0 + 50 * DAY_MS, scorer=Scorer.from_dir(DEFAULT_MODEL_DIR, device="cpu"), clock=_fixed_clock
+    )
     assert a.equals(b)
 
 
 def test_scores_write_as_csv_with_joined_reasons_and_as_parquet_with_lists(tmp_path: Path, scorer: Scorer) -> None:
-    table = score_as_of(_ev(_silent_and_busy()), cutoff_ms=T0 + 70 * DAY_MS, scorer=scorer)
+    table = score_as_of(_ev(_silent_and_busy()), cutoff_ms=T0 + 70 * DAY_MS, scorer=scorer, clock=_fixed_clock)
     write_scores(table, tmp_path / "s.parquet")
     write_scores(table, tmp_path / "s.csv")
     assert pq.read_table(tmp_path / "s.parquet").equals(table)

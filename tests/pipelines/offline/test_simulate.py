@@ -10,7 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.contract.events import CHANNELS, EVENT_TYPES, EXIT_TYPES, RawBatch, decode_batch
+from pipelines.contract.decode import decode_batch
+from pipelines.contract.events import CHANNELS, EVENT_TYPES, EXIT_TYPES, RawBatch
 from pipelines.contract.time import DAY_MS
 from pipelines.offline.simulate import SEGMENTS, STAGES, SimConfig, SimResult, simulate
 from pipelines.offline.simulate_io import iter_ndjson_batches, to_ndjson_bytes, write_jsonl, write_truth_csv

@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from models.artifact import Artifact, load_artifact
 from models.network import input_x_gradient
-from pipelines.contract.events import EventColumns, RawBatch, decode_batch
+from pipelines.contract.decode import decode_batch
+from pipelines.contract.events import EventColumns, RawBatch
 from pipelines.core.features import FEATURE_NAMES, REGISTRY, compute_features, schema_hash
 from pipelines.core.scores import Scores
 from pipelines.monitoring.metrics import PipelineMetrics
