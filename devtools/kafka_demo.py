@@ -55,8 +55,11 @@ def run_kafka_demo(
         settings = Settings(input=events_url, store=store, kafka_eof_exit=True, **outputs)
         result = run_pipeline(settings)
         console = Console()
-        with open_migrated_store(settings) as db:
+        db = open_migrated_store(settings)
+        try:
             print_summary(console, db, result, settings.store)
+        finally:
+            db.close()
         for (_, topic), url in zip(DEMO_OUTPUTS, outputs.values(), strict=True):
             print(f"{url}: {count_records(bootstrap, topic):,} records", flush=True)
         return 0
