@@ -32,7 +32,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipelines models tests bench
+	$(BIN)/ruff check pipelines models devtools tests bench
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -52,7 +52,13 @@ def run_kafka_demo(
         for field, topic in DEMO_OUTPUTS:
             ensure_topic(bootstrap, topic, 1)
             outputs[field] = f"kafka://{bootstrap}/{topic}"
-        settings = Settings(input=events_url, store=store, kafka_eof_exit=True, **outputs)
+        settings = Settings(
+            input=events_url,
+            store=store,
+            kafka_eof_exit=True,
+            dead_letter_topic=outputs["dead_letter_topic"],
+            transitions_topic=outputs["transitions_topic"],
+        )
         result = run_pipeline(settings)
         console = Console()
         db = open_migrated_store(settings)

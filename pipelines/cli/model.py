@@ -18,15 +18,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipelines.offline.evaluation import evaluate_holdout
+
 if TYPE_CHECKING:
-    from models.baselines import BGNBDParams
     from pipelines.core.taxonomy import Taxonomy
     from pipelines.offline.history import EventHistory
-    from pipelines.scoring.scorer import Scorer
 
 log = logging.getLogger("lifecycle")
 Handler = Callable[[argparse.Namespace], int]
@@ -132,159 +132,35 @@ def _read(path: Path) -> EventHistory:
 @_guard
 def cmd_train(args: argparse.Namespace) -> int:
     """Build the training set at rolling origins before --as-of, fit, calibrate, save the artifact."""
-    from models.artifact import save_artifact
-    from models.fit import FitConfig, fit
-    from pipelines.contract.time import DAY_MS, as_of_ms, ms_to_day
-    from pipelines.core.defaults import MATURE, default_taxonomy
-    from pipelines.core.features import FEATURE_NAMES, LOG_MASK, schema_hash
-    from pipelines.monitoring.drift import META_KEY as DRIFT_META_KEY
-    from pipelines.offline.drift_reference import reference_from_events
-    from pipelines.offline.training import build_training_set
+    from pipelines.contract.time import ms_to_day
+    from pipelines.offline.train import train_model
 
-    cutoff = as_of_ms(args.as_of)
     hist = _read(args.events)
-    ts = build_training_set(
-        hist.events, as_of_ms=cutoff, horizon_days=args.horizon_days, origins=args.origins, step_days=args.step_days
+    t = train_model(
+        hist,
+        as_of=args.as_of,
+        out=args.out,
+        horizon_days=args.horizon_days,
+        origins=args.origins,
+        step_days=args.step_days,
+        epochs=args.epochs,
+        seed=args.seed,
+        recency_half_life=args.recency_half_life,
+        drift_window_days=args.drift_window_days,
+        model_version=args.model_version,
     )
+    ts = t.training_set
     print(
         f"training set: {ts.x.shape[0]:,} rows x {ts.x.shape[1]} features from {ts.n_events:,} events up to "
         f"{args.as_of}, {len(ts.origins_ms)} origins {ms_to_day(ts.origins_ms[0])}..{ms_to_day(ts.origins_ms[-1])}, "
         f"positive rates {np.round(ts.y.mean(0).astype(np.float64), 3).tolist()}"
     )
-    t0 = time.perf_counter()
-    cfg = FitConfig(epochs=args.epochs, seed=args.seed)
-    # reasons compare a user with the mean *active* user (stage new/growing/mature at the origin)
-    active = default_taxonomy().assign_stages(ts.x) <= MATURE
-    weight = None
-    if args.recency_half_life > 0:
-        weight = (0.5 ** ((ts.origin.max() - ts.origin) / args.recency_half_life)).astype(np.float32)
-    model, report = fit(ts.x, ts.y, LOG_MASK, cfg, groups=ts.user_key, baseline_mask=active, sample_weight=weight)
-    fit_s = time.perf_counter() - t0
-    # two references: the batch population (every user as of --as-of, what `score` sees) and, for the
-    # streaming drift monitor, the rows the stream itself scored in the last days before --as-of
-    drift_ref = reference_from_events(
-        hist.events.take(hist.events.ts_ms <= cutoff),
-        lambda x: _predict(model, x),
-        since_ms=int(cutoff - args.drift_window_days * DAY_MS),
-    )
-    reference = batch_reference(model, ts.x_as_of, args.as_of)
-    version = args.model_version or f"lsm-{args.as_of}-h{args.horizon_days}"
-    save_artifact(
-        model,
-        args.out,
-        model_version=version,
-        feature_names=FEATURE_NAMES,
-        schema_hash=schema_hash(),
-        horizon_days=args.horizon_days,
-        data_fingerprint=ts.fingerprint,
-        metrics={
-            "best_val_loss": report.best_val_loss,
-            "epochs": report.epochs_run,
-            "pos_rate": list(report.pos_rate),
-            "rows": int(ts.x.shape[0]),
-            "train_rows": report.n_train,
-            "val_rows": report.n_val,
-            "validation": report.val_metrics,
-            "validation_note": "held-out users (20%) of the training origins; also used for early stopping "
-            "and calibration, so optimistic: see `lifecycle evaluate` for the temporal holdout",
-            "fit_seconds": round(fit_s, 1),
-        },
-        extra={
-            "as_of": args.as_of,
-            "as_of_ms": cutoff,
-            "origins_ms": list(ts.origins_ms),
-            "origins": [ms_to_day(t) for t in ts.origins_ms],
-            "train_events": ts.n_events,
-            "rejected_events": hist.n_rejected,
-            "label_means": np.round(ts.y.mean(0).astype(np.float64), 4).tolist(),
-            "fit_config": {k: getattr(cfg, k) for k in cfg.__slots__},
-            "recency_half_life": args.recency_half_life,
-            "normalisation_centre": "mean of training rows in an active stage (new/growing/mature): the reference "
-            "user of the reason codes",
-            "reference": reference,
-            DRIFT_META_KEY: drift_ref.to_meta(),
-        },
-    )
-    val = report.val_metrics
+    val = t.report.val_metrics
     print(
-        f"saved model {version} to {args.out} in {fit_s:.0f}s ({report.epochs_run} epochs); validation ROC-AUC "
-        + ", ".join(f"{h} {m['roc_auc']:.3f}" for h, m in val.items())
+        f"saved model {t.model_version} to {args.out} in {t.fit_seconds:.0f}s ({t.report.epochs_run} epochs); "
+        "validation ROC-AUC " + ", ".join(f"{h} {m['roc_auc']:.3f}" for h, m in val.items())
     )
     return 0
-
-
-def batch_reference(model: Any, x_as_of: Any, as_of: str) -> dict[str, Any]:
-    """The artifact's ``reference`` block: every user seen up to ``as_of`` (feature rows ``x_as_of``, the
-    ``TrainingSet.x_as_of`` of ``train``) scored by ``model``; bins from :func:`models.reference.build_reference`.
-    """
-    from models.reference import build_reference
-    from pipelines.core.defaults import STAGES, default_taxonomy
-    from pipelines.core.features import FEATURE_NAMES
-
-    stages = default_taxonomy().assign_stages(x_as_of)
-    return build_reference(
-        _predict(model, x_as_of),
-        {name: x_as_of[:, i] for i, name in enumerate(FEATURE_NAMES)},
-        population=f"every user seen up to {as_of}, features and scores as of then (default stage rules)",
-        categories={"stage": {s: float(np.mean(stages == i)) for i, s in enumerate(STAGES)}},
-    )
-
-
-def refresh_reference(model_dir: Path, events: Path, *, write: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
-    r"""Recompute the ``reference`` block of a trained artifact without retraining; return ``(stored, recomputed)``.
-
-    For when the binning in :mod:`models.reference` changes. ``events`` must be the history the model was
-    trained on: the population of ``train`` (every user as of the artifact's ``as_of``) is rebuilt with the
-    same code, checked against the artifact's data fingerprint and origins, and scored with the stored
-    weights. With ``write``, only the ``reference`` key of ``artifact.json`` is replaced (same JSON layout
-    as :func:`models.artifact.save_artifact`; ``model.pt`` and every other key are left as they are). The
-    bundled artifact (``make model`` wrote ``build/train.jsonl.gz`` with ``lifecycle simulate --users 30000
-    --days 150 --seed 11 --start 2026-06-01``)::
-
-        python -c "from pathlib import Path; from pipelines.cli.model import refresh_reference; \
-            refresh_reference(Path('models/artifacts/default'), Path('build/train.jsonl.gz'), write=True)"
-    """
-    import json
-
-    from models.artifact import load_artifact
-    from pipelines.contract.time import DAY_MS
-    from pipelines.core.features import FEATURE_NAMES, schema_hash
-    from pipelines.offline.training import build_training_set
-
-    art = load_artifact(model_dir, expected_schema_hash=schema_hash(), expected_names=FEATURE_NAMES)
-    meta = art.meta
-    origins = [int(t) for t in meta["origins_ms"]]
-    step_days = round((origins[1] - origins[0]) / DAY_MS) if len(origins) > 1 else 7
-    hist = _read(events)
-    ts = build_training_set(
-        hist.events,
-        as_of_ms=int(meta["as_of_ms"]),
-        horizon_days=int(meta["horizon_days"]),
-        origins=len(origins),
-        step_days=step_days,
-    )
-    if ts.fingerprint != meta["data_fingerprint"] or list(ts.origins_ms) != origins:
-        raise ValueError(
-            f"{events}: not the history {model_dir} was trained on (data fingerprint {ts.fingerprint}, "
-            f"artifact {meta['data_fingerprint']}; or other origins)"
-        )
-    recomputed = batch_reference(art.model, ts.x_as_of, str(meta["as_of"]))
-    stored = meta.get("reference", {})
-    if write:
-        meta["reference"] = recomputed
-        (model_dir / "artifact.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return stored, recomputed
-
-
-def _predict(model: Any, x: Any) -> dict[str, Any]:
-    """Calibrated scores of raw feature rows, by head name."""
-    import torch
-
-    from models.network import HEADS
-
-    with torch.no_grad():
-        p = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
-    return {head: p[:, i] for i, head in enumerate(HEADS)}
 
 
 # --------------------------------------------------------------------------- score
@@ -346,98 +222,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_holdout(
-    hist: EventHistory, *, scorer: Scorer, origin_ms: int, as_of: str, out_dir: Path
-) -> dict[str, Any]:
-    """Model, RFM rule and BG/NBD scored on the same users at ``origin_ms``; writes the report, returns metrics.
-
-    Everything any scorer sees is observable at the origin: the model was
-    trained on labels up to its own as-of (checked by the caller), the RFM cells
-    are fitted on the users' outcomes in ``(origin - H, origin]``, BG/NBD on
-    their histories up to the origin. Labels come from ``(origin, origin + H]``.
-    """
-    from models.baselines import RFMRule, bgnbd_p_none, fit_bgnbd
-    from models.network import HEADS
-    from models.report import ReportData, write_report
-    from pipelines.contract.time import DAY_MS, ms_to_iso
-    from pipelines.core.defaults import MATURE, STAGES, default_taxonomy
-    from pipelines.core.features import INDEX
-    from pipelines.offline.training import build_holdout
-
-    meta = scorer.artifact.meta
-    horizon = int(meta["horizon_days"])
-    ho = build_holdout(hist.events, origin_ms=origin_ms, horizon_days=horizon)
-    if ho.prior_x.shape[0] == 0:
-        raise ValueError(f"evaluation needs events from more than {horizon} days before --as-of (the RFM baseline)")
-    model_scores = scorer.score(ho.x)
-    p_model = np.stack([model_scores.churn_risk, model_scores.purchase_propensity], 1).astype(np.float64)
-
-    # RFM rule: R = days since last activity, F = active days in the last 30, M = lifetime spend
-    rfm_cols = ("days_since_active", "active_days_30", "lifetime_value")
-    prior = [ho.prior_x[:, INDEX[c]] for c in rfm_cols]
-    rfm = RFMRule.fit(prior[0], prior[1], prior[2], ho.prior_y)
-    p_rfm = rfm.predict(ho.x[:, INDEX[rfm_cols[0]]], ho.x[:, INDEX[rfm_cols[1]]], ho.x[:, INDEX[rfm_cols[2]]])
-
-    # BG/NBD: active days for churn (P(no active day in H)), orders for propensity (P(>= 1 order in H))
-    act, orders = ho.activity, ho.orders
-    bg_act = fit_bgnbd(act.x, act.t_x, act.big_t)
-    bg_ord = fit_bgnbd(orders.x, orders.t_x, orders.big_t)
-    p_bg = np.stack(
-        [
-            bgnbd_p_none(bg_act, horizon, act.x, act.t_x, act.big_t),
-            1.0 - bgnbd_p_none(bg_ord, horizon, orders.x, orders.t_x, orders.big_t),
-        ],
-        1,
-    )
-    # evaluation groups users by the default taxonomy's stages (the model's documented population)
-    stage = default_taxonomy().assign_stages(ho.x)
-    stage_names = np.array(STAGES, dtype=object)[stage]
-    n = ho.x.shape[0]
-    data = ReportData(
-        heads=HEADS,
-        labels=ho.y,
-        scores={"model": p_model, "rfm": p_rfm, "bgnbd": p_bg},
-        scorer_titles={"model": f"model {scorer.model_version}", "rfm": "RFM rule", "bgnbd": "BG/NBD"},
-        groups=stage_names,
-        group_order=STAGES,
-        segments={"all": np.ones(n, bool), "active": stage <= MATURE},
-        segment_titles={
-            "all": f"every user seen up to {as_of} ({n:,})",
-            "active": f"users in an active stage (new/growing/mature) at {as_of} ({int((stage <= MATURE).sum()):,})",
-        },
-        meta={
-            "model": f"{scorer.model_version} (trained with --as-of {meta.get('as_of', '?')}, "
-            f"data {meta.get('data_fingerprint', '?')})",
-            "features as of": f"end of {as_of} (UTC+8)",
-            "labels from": f"{ms_to_iso(origin_ms)} to {ms_to_iso(origin_ms + horizon * DAY_MS)}",
-            "horizon (days)": horizon,
-            "users": n,
-            "events up to as-of / in the label window": f"{ho.events_before:,} / {ho.events_in_window:,}",
-            "events rejected by the decoder": hist.n_rejected,
-            "churn label": "no activity (any event but unfollow/delete/unsubscribe/leave_group) in the horizon",
-            "purchase label": "at least one order in the horizon",
-            "RFM rule": f"quintiles of {', '.join(rfm_cols)}; 125 cells, rates fitted on the outcomes of the "
-            f"{horizon} days before as-of ({ho.prior_x.shape[0]:,} users)",
-            "BG/NBD (active days)": _params(bg_act),
-            "BG/NBD (orders)": _params(bg_ord),
-        },
-        notes=(
-            "Temporal holdout: features use only events up to the as-of date, labels only events of the following "
-            "horizon, and the model was trained on labels that ended at or before the as-of date.",
-        ),
-    )
-    return write_report(data, out_dir, title=f"Lifecycle model evaluation: {scorer.model_version} at {as_of}")
-
-
 def _taxonomy() -> Taxonomy:
     """The taxonomy of ``LIFECYCLE_TAXONOMY``, as the streaming flow reads it."""
     from pipelines.settings import Settings
 
     return Settings(**{}).load_taxonomy()
-
-
-def _params(p: BGNBDParams) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in p.as_dict().items())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,7 +99,7 @@ def make_source(
         from pipelines.io.kafka.source import KafkaBatchSource
 
         lag = metrics.kafka_lag if metrics is not None else None
-        source = KafkaBatchSource.from_url(
+        kafka = KafkaBatchSource.from_url(
             s.input,
             batch_events=s.batch_events,
             start=s.kafka_start,
@@ -109,7 +109,7 @@ def make_source(
             clock=clock,
             lag_gauge=lag,
         )
-        return source, "kafka", None
+        return kafka, "kafka", None
     paths = [Path(p) for p in s.input.split(",")]
     # a line longer than an event may be is read only as far as the decoder needs to reject it (oversized)
     max_line = max(s.max_event_bytes + 1, 4096)

@@ -18,7 +18,6 @@ stream scores micro-batches, ``score`` all users at once). Everything else is ex
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pyarrow as pa
 import pytest

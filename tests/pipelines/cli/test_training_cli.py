@@ -11,12 +11,13 @@ import polars as pl
 import pytest
 import torch
 
-from pipelines.cli.model import main, refresh_reference
+from pipelines.cli.model import main
 from pipelines.contract.time import as_of_ms
 from pipelines.core.features import FEATURE_NAMES
 from pipelines.monitoring.drift import DriftReference
 from pipelines.offline.simulate import SimConfig, simulate
 from pipelines.offline.simulate_io import write_jsonl
+from pipelines.offline.train import refresh_reference
 from pipelines.scoring.scorer import Scorer
 
 AS_OF = "2026-08-25"  # day 55 of 70: 14 days of labels remain after it
