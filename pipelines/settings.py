@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.core.playbook import Playbook, load_playbook
 from pipelines.core.taxonomy import Taxonomy, load_taxonomy
+from pipelines.io.kafka.url import parse_kafka_start, parse_kafka_url
 from pipelines.io.store.retry import RetryPolicy
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "artifacts" / "default"
@@ -133,7 +134,6 @@ class Settings(BaseSettings):
     @field_validator("kafka_start")
     @classmethod
     def _kafka_start(cls, v: str) -> str:
-        from pipelines.io.kafka.url import parse_kafka_start
 
         parse_kafka_start(v)  # ValueError names the accepted forms
         return v
@@ -141,7 +141,6 @@ class Settings(BaseSettings):
     @field_validator("dead_letter_topic", "transitions_topic")
     @classmethod
     def _kafka_topic_url(cls, v: str | None) -> str | None:
-        from pipelines.io.kafka.url import parse_kafka_url
 
         if v is not None:
             parse_kafka_url(v)

@@ -17,10 +17,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from pipelines.flow.recovery import erase_from_recovery
 from pipelines.flow.runner import shard_config
 from pipelines.io.store.base import Store, StoreError
-from pipelines.io.store.migrations import migrate
+from pipelines.io.store.migrations import apply_migrations, discover, migrate
 from pipelines.io.store.url import open_store
+from pipelines.privacy.erasure import forget_user, set_consent, user_hash
 from pipelines.settings import Settings
 
 
@@ -112,15 +114,10 @@ def _run(args: argparse.Namespace, action: str) -> int:
             # of the newest schema: bring the store up to date first (idempotent)
             migrate(store, sql_dir)
         if action == "db migrate":
-            from pipelines.io.store.migrations import apply_migrations, discover
-
             ran = apply_migrations(store, sql_dir)
             print(f"applied {len(ran)} migration(s){': ' + ', '.join(ran) if ran else ''}")
             print(f"schema at {discover(sql_dir)[-1].name}")
         elif action == "forget":
-            from pipelines.flow.recovery import erase_from_recovery
-            from pipelines.privacy.erasure import forget_user, user_hash
-
             state_rows = None
             if settings.recovery_dir is not None:
                 if not args.reason.strip():  # forget_user refuses it too, but only after the state is erased
@@ -137,8 +134,6 @@ def _run(args: argparse.Namespace, action: str) -> int:
                 out["state_rows_erased"] = state_rows
             print(json.dumps(out))
         else:
-            from pipelines.privacy.erasure import set_consent
-
             if args.opted_out == "no-marketing":
                 n = set_consent(store, args.user, False, args.source, marketing=False)
                 what = "no-marketing"

@@ -16,6 +16,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from models.artifact import ArtifactError
+from pipelines.contract.time import as_of_ms
+from pipelines.core.rules import RuleError
+from pipelines.flow.runner import open_migrated_store
+from pipelines.offline.history import load_history
+from pipelines.offline.rescore import rescore
+from pipelines.scoring.scorer import Scorer
+from pipelines.settings import Settings
+
 log = logging.getLogger("lifecycle")
 
 
@@ -62,7 +73,6 @@ def register(sub: Any) -> None:
 
 def parse_as_of(text: str) -> int:
     """``YYYY-MM-DD`` (end of that day, UTC+8), an ISO-8601 instant with an offset, or epoch ms."""
-    from pipelines.contract.time import as_of_ms
 
     s = text.strip()
     if s.isdigit():
@@ -76,15 +86,6 @@ def parse_as_of(text: str) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
-    import torch
-
-    from models.artifact import ArtifactError
-    from pipelines.core.rules import RuleError
-    from pipelines.flow.runner import open_migrated_store
-    from pipelines.offline.history import load_history
-    from pipelines.offline.rescore import rescore
-    from pipelines.scoring.scorer import Scorer
-    from pipelines.settings import Settings
 
     over = {k: v for k, v in {"store": args.store, "device": args.device, "taxonomy": args.taxonomy}.items() if v}
     s = Settings(**over)

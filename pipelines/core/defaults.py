@@ -10,11 +10,9 @@ them. A test keeps these names equal to the shipped ``lifecycle-5.yaml``.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from pipelines.core.playbook import Playbook
-    from pipelines.core.taxonomy import Taxonomy
+from pipelines.core.playbook import DEFAULT_PLAYBOOK, Playbook, load_playbook
+from pipelines.core.taxonomy import DEFAULT_TAXONOMY, Taxonomy, load_taxonomy
 
 STAGES: tuple[str, ...] = ("new", "growing", "mature", "dormant", "churned")
 TIERS: tuple[str, ...] = ("vip", "regular", "potential")
@@ -25,7 +23,6 @@ VIP, REGULAR, POTENTIAL = range(3)
 @lru_cache(maxsize=1)
 def default_taxonomy() -> Taxonomy:
     """The shipped ``lifecycle-5`` taxonomy (loaded once)."""
-    from pipelines.core.taxonomy import DEFAULT_TAXONOMY, load_taxonomy
 
     return load_taxonomy(DEFAULT_TAXONOMY)
 
@@ -33,6 +30,5 @@ def default_taxonomy() -> Taxonomy:
 @lru_cache(maxsize=1)
 def default_playbook() -> Playbook:
     """The shipped playbook of the default taxonomy (loaded once)."""
-    from pipelines.core.playbook import DEFAULT_PLAYBOOK, load_playbook
 
     return load_playbook(DEFAULT_PLAYBOOK, default_taxonomy())

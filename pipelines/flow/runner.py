@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
-from bytewax.recovery import RecoveryConfig
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from prometheus_client import CollectorRegistry
 
@@ -30,12 +31,17 @@ from pipelines.contract.time import Clock
 from pipelines.core.shard import ShardConfig
 from pipelines.flow.dataflow import FlowConfig, build_flow
 from pipelines.io.files import FileSource, IteratorSource
+from pipelines.io.kafka.sinks import KafkaDeadLetterSink, KafkaTransitionsSink
+from pipelines.io.kafka.source import KafkaBatchSource
+from pipelines.io.kafka.stop import request_stop
 from pipelines.io.store.base import Store, record_model_version
 from pipelines.io.store.migrations import migrate
 from pipelines.io.store.sink import StoreSink
 from pipelines.io.store.url import open_store
 from pipelines.monitoring.drift import DriftMonitor, DriftReference
-from pipelines.monitoring.metrics import PipelineMetrics, serve
+from pipelines.monitoring.metrics import PipelineMetrics, build_labels, serve
+from pipelines.offline.simulate import SimConfig, simulate
+from pipelines.offline.simulate_io import iter_ndjson_batches
 from pipelines.privacy.consent import ConsentFilter
 from pipelines.scoring.scorer import Scorer
 from pipelines.settings import Settings
@@ -85,9 +91,6 @@ def make_source(
 ) -> tuple[Source[RawBatch], str, int | None]:
     """The source for ``s.input``, its kind label, and the number of events if known up front."""
     if s.input == "simulate":
-        from pipelines.offline.simulate import SimConfig, simulate
-        from pipelines.offline.simulate_io import iter_ndjson_batches
-
         sim = simulate(SimConfig(users=s.sim_users, days=s.sim_days, seed=s.sim_seed))
         events = sim.events
         return (
@@ -96,8 +99,6 @@ def make_source(
             events.height,
         )
     if s.input.startswith("kafka://"):
-        from pipelines.io.kafka.source import KafkaBatchSource
-
         lag = metrics.kafka_lag if metrics is not None else None
         kafka = KafkaBatchSource.from_url(
             s.input,
@@ -121,8 +122,6 @@ def kafka_outputs(s: Settings) -> dict[str, Any]:
     """The flow's Kafka sinks configured in ``s`` (build_flow keyword arguments), same client options as the source."""
     if not (s.dead_letter_topic or s.transitions_topic):
         return {}
-    from pipelines.io.kafka.sinks import KafkaDeadLetterSink, KafkaTransitionsSink
-    from pipelines.monitoring.metrics import build_labels
 
     config = {k: v.get_secret_value() for k, v in s.kafka_config.items()}
     out: dict[str, Any] = {}
@@ -251,9 +250,6 @@ def install_graceful_stop() -> None:
     default action is restored), which is still safe: the run resumes from its last
     committed epoch. Call it from the main thread, before :func:`run_pipeline`.
     """
-    import signal
-
-    from pipelines.io.kafka.stop import request_stop
 
     def on_sigterm(signum: int, _frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM: stop at once
@@ -268,7 +264,6 @@ def install_graceful_stop() -> None:
 
 def ensure_recovery_dir(path: Path, parts: int) -> None:
     """Create a Bytewax recovery store of ``parts`` partitions on first use (no-op when it exists)."""
-    from bytewax.recovery import init_db_dir
 
     if not any(path.glob("part-*.sqlite3")):
         path.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli.main import _RUN_FLAGS, _parser, main
+from pipelines.cli.main import _parser, main
+from pipelines.cli.run import _RUN_FLAGS
 from pipelines.settings import Settings
 
 README = (Path(__file__).resolve().parents[3] / "README.md").read_text()
