@@ -71,10 +71,9 @@ def main() -> int:
     feats = []
     t = time.perf_counter()
     for d in decoded:
-        for key, (_, ev, clock) in split_by_shard(d.events, 4):
-            res = procs.setdefault(key, ShardProcessor(ShardConfig())).process(ev, clock_hint_ms=clock)
-            if res.rows is not None:
-                feats.append(res.rows.features)
+        for key, (_, sl) in split_by_shard(d, 4):
+            res = procs.setdefault(key, ShardProcessor(ShardConfig())).process(sl)
+            feats += [rows.features for rows in res.rows]
     emit("state_features_events_per_s", n / (time.perf_counter() - t), "events/s", shards=4)
     n_users = sum(p.state.n for p in procs.values())
     emit(

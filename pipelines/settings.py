@@ -6,7 +6,9 @@ behind every flag). Secrets are ``SecretStr`` and never printed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,7 +57,21 @@ class Settings(BaseSettings):
     max_future_seconds: int = Field(86_400, ge=0, description="events further ahead of the wall clock are rejected")
     allowed_lateness_seconds: int = Field(6 * 3600, ge=0, description="events older than clock minus this are late")
     score_interval_seconds: float = Field(
-        30.0, ge=0, description="re-score a changed user at most once per this much event time (0 = every batch)"
+        30.0,
+        gt=0,
+        description="the event-time tick: a user touched by events is scored once per tick, at its end "
+        "(docs/event-time.md)",
+    )
+    refresh_seconds: float = Field(
+        86_400.0, gt=0, description="every live user is re-evaluated at least once per this much event time"
+    )
+    refresh_churned_seconds: float = Field(
+        7 * 86_400.0, gt=0, description="churned users are re-evaluated once per this much event time"
+    )
+    max_held_events: int = Field(
+        4_000_000,
+        gt=0,
+        description="events waiting for their tick (streams far apart in event time) beyond this force ticks closed",
     )
     dedup_window_seconds: int = Field(
         6 * 3600, gt=0, description="duplicate event_ids are recognised within 1-2 such windows of event time"
@@ -81,7 +97,14 @@ class Settings(BaseSettings):
         None, description="cluster members host:port,host:port,... in process-id order (Bytewax -a)"
     )
     epoch_seconds: float = Field(10.0, gt=0, description="Bytewax epoch (snapshot) interval")
-    recovery_dir: Path | None = Field(None, description="Bytewax recovery store directory (enables resume)")
+    recovery_dir: Path | None = Field(
+        None,
+        description="pipeline state (Bytewax recovery store); default: derived from the store, beside a chDB "
+        "directory (PATH.state) or under ./data/state/ for a server",
+    )
+    persist_state: bool = Field(
+        True, description="keep the pipeline state between runs (false: every run starts from empty state)"
+    )
     kafka_group: str = Field("lifecycle-scoring", description="Kafka consumer group id")
     kafka_start: str = Field(
         "earliest",
@@ -161,3 +184,24 @@ class Settings(BaseSettings):
             max_backoff_seconds=self.store_retry_max_seconds,
             max_outage_seconds=self.store_max_outage_seconds,
         )
+
+    def state_dir(self) -> Path | None:
+        """Where the pipeline state lives: ``recovery_dir``, else derived from the store; None when not persisted."""
+        if not self.persist_state:
+            return None
+        if self.recovery_dir is not None:
+            return self.recovery_dir
+        return derived_state_dir(self.store)
+
+
+def derived_state_dir(store: str) -> Path:
+    """The default state directory of a store: ``PATH.state`` beside a chDB directory, else under ``./data/state/``.
+
+    Derived from the store, never from the input, so every load into one store continues the same state.
+    """
+    if store.startswith("chdb://"):
+        path = Path(store.removeprefix("chdb://"))
+        return path.with_name(path.name + ".state")
+    parts = urlsplit(store)
+    name = f"{parts.hostname or 'localhost'}-{parts.port or 0}-{parts.path.strip('/').replace('/', '_') or 'default'}"
+    return Path("data") / "state" / re.sub(r"[^A-Za-z0-9_.-]", "_", name)

@@ -119,12 +119,14 @@ def _run(args: argparse.Namespace, action: str) -> int:
             print(f"schema at {discover(sql_dir)[-1].name}")
         elif action == "forget":
             state_rows = None
-            if settings.recovery_dir is not None:
+            state = settings.state_dir()
+            explicit = settings.recovery_dir is not None
+            if state is not None and (explicit or any(state.glob("part-*.sqlite3"))):
                 if not args.reason.strip():  # forget_user refuses it too, but only after the state is erased
                     raise ValueError("forget needs a reason (it is kept in erasure_log)")
                 # the pipeline's state first (pipelines.privacy.erasure), restored under the configuration the
                 # pipeline runs with: a snapshot taken under another one stops the erasure before the store
-                state_rows = erase_from_recovery(settings.recovery_dir, [args.user], shard_config(settings))
+                state_rows = erase_from_recovery(state, [args.user], shard_config(settings))
             on_cluster = args.cluster
             counts = forget_user(
                 store, args.user, reason=args.reason, table_suffix="_local" if on_cluster else "", on_cluster=on_cluster

@@ -12,6 +12,7 @@ import sys
 from pydantic import ValidationError
 
 from pipelines.cli import db, model, query, rescore, run, simulate
+from pipelines.flow.runner import StateError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except ValidationError as err:
         print(f"lifecycle: configuration error:\n{err}", file=sys.stderr)
+        return 2
+    except StateError as err:
+        print(f"lifecycle: {err}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as err:
         print(f"lifecycle: {err}", file=sys.stderr)

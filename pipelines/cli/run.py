@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shutil
 import signal
 import socket
 import subprocess
@@ -75,6 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--summary", action="store_true", help="print a summary of the store after the run")
     run.add_argument("--progress", action="store_true", help="show a progress bar")
     run.add_argument(
+        "--rebuild-state",
+        action="store_true",
+        help="start from empty pipeline state on purpose: remove the state and replay the given input from scratch",
+    )
+    run.add_argument(
         "--summary-json",
         type=Path,
         default=None,
@@ -124,11 +130,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         with progress:
             result = run_pipeline(
                 s,
+                rebuild_state=args.rebuild_state,
                 on_source=lambda n: progress.update(task, total=n),
                 on_batch=lambda n: progress.advance(task, n),
             )
     else:
-        result = run_pipeline(s)
+        result = run_pipeline(s, rebuild_state=args.rebuild_state)
     if args.summary_json is not None:
         args.summary_json.write_text(json.dumps(dataclasses.asdict(result), sort_keys=True) + "\n")
     if args.summary:
@@ -167,8 +174,11 @@ def _run_local_cluster(args: argparse.Namespace, s: Settings, console: Any) -> i
         value = getattr(args, name)
         if value is not None and name not in ("processes", "process_id", "addresses", "metrics_port"):
             base += [flag, str(value)]
-    if s.recovery_dir is not None:
-        ensure_recovery_dir(s.recovery_dir, s.processes)  # one partition per process, before any starts
+    state = s.state_dir()
+    if state is not None:
+        if args.rebuild_state and state.exists():
+            shutil.rmtree(state)  # started over on purpose: every member replays the input from scratch
+        ensure_recovery_dir(state, s.processes)  # one partition per process, before any starts
     console.print(f"local cluster: {s.processes} processes at {addresses}")
     procs: list[subprocess.Popen[bytes]] = []
 

@@ -58,6 +58,9 @@ class Decoded:
     events: EventColumns
     rejects: list[Rejection]
     total: int  # events in the raw batch (= len(events) + len(rejects))
+    #: the raw batch's stream and whether it is caught up (:class:`~pipelines.contract.events.RawBatch`)
+    stream: str = ""
+    caught_up: bool = False
 
 
 class _WireEvent(msgspec.Struct, gc=False):
@@ -284,7 +287,7 @@ def decode_batch(raw: RawBatch, *, now_ms: int, limits: DecodeLimits = DecodeLim
         )
         for i, reason, detail in sorted(rejected)
     ]
-    return Decoded(events=events, rejects=rejects, total=n)
+    return Decoded(events=events, rejects=rejects, total=n, stream=raw.stream_name, caught_up=raw.caught_up)
 
 
 def _detail(reason: RejectReason, e: _WireEvent) -> str:

@@ -119,6 +119,15 @@ class RawBatch:
     payloads: Sequence[bytes]
     #: Wall-clock ms when the batch was read; used for pipeline latency.
     read_at_ms: int = 0
+    #: The ordered stream this batch continues (its event-time frontier); default ``source:partition``.
+    #: A file source reading several files in order is one stream.
+    stream: str = ""
+    #: The stream has nothing more to read for now (no payloads; a Kafka partition at its end).
+    caught_up: bool = False
+
+    @property
+    def stream_name(self) -> str:
+        return self.stream or f"{self.source}:{self.partition}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -247,6 +247,15 @@ REGISTRY: tuple[FeatureSpec, ...] = _build_registry()
 FEATURE_NAMES: tuple[str, ...] = tuple(s.name for s in REGISTRY)
 INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
 N_FEATURES = len(REGISTRY)
+#: Features that grow with time alone, and the state timestamp each counts from: a rule comparing one with
+#: a constant changes its answer at ``timestamp + constant`` with no new event (the taxonomy's timers).
+TIMED_FEATURES: dict[str, str] = {
+    "days_since_active": "last_active_ts",
+    "days_since_order": "last_order_ts",
+    "days_since_message": "last_message_ts",
+    "days_since_acquire": "last_acquire_ts",
+    "tenure_days": "first_ts",
+}
 LOG_MASK: npt.NDArray[np.bool_] = np.array([s.log for s in REGISTRY], dtype=bool)
 
 

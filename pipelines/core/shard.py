@@ -1,32 +1,43 @@
-"""One shard's processing step, free of Bytewax: lateness, state update, timers, stages.
+"""One shard's processing step, free of Bytewax: lateness, event-time ticks, state, timers, refresh.
 
-The Bytewax operator (:mod:`pipelines.flow.dataflow`) only routes batches here and
-snapshots the result; everything that decides *what* a user's features and
-stage are lives in this pure, unit-testable class.
+The Bytewax operator (:mod:`pipelines.flow.dataflow`) only routes slices here and
+snapshots the result; everything that decides *what* a user's features, stage and
+scores are, and *when*, lives in this pure, unit-testable class.
 
-Event time: the shard clock is the newest event time applied; features are
-computed "as of" it and silence timers fire by it. Lateness is judged per
-*input partition* (Kafka partition, file): an event older than the newest event
-of its own partition minus ``allowed_lateness`` is **late**: it is not applied
-and becomes a dead letter with reason ``late``. Judging it against the shard
-clock instead would reject a whole lagging partition during a catch-up, since
-one partition is often read far ahead of another. Everything within the
-lateness is applied exactly, whatever its order (see :mod:`pipelines.core.state`).
+Event time is the truth (``docs/event-time.md``). Results are a function of the
+events alone, never of batch sizes, of how streams interleave, or of restarts:
+
+* **Streams and frontiers.** Each input stream (a Kafka partition, the ordered
+  sequence of input files, the simulator) has a *frontier*: the newest event time
+  read from it so far, in the stream's own order. Every event gets, from the
+  frontier of its stream just after it, a **tick**: the first boundary of the
+  event-time grid (``score_interval_ms``, default 30 s) after that frontier. An
+  event older than its stream's frontier minus ``allowed_lateness_ms`` is **late**:
+  a dead letter, never applied.
+* **Closing a tick.** Tick ``t`` closes once every stream's frontier has passed
+  ``t`` (the watermark), so no event of tick ``t`` can still come. Closing applies
+  the tick's events (deduplicated, in a canonical order) and evaluates, as of
+  ``t``: every user touched in the tick, every user whose rule timer is due (a
+  ``days_since_*`` threshold of the taxonomy) and every user whose refresh is due
+  (each live user once per ``refresh_ms`` of event time, at a phase fixed by their
+  key; churned users once per ``refresh_churned_ms``). Events of later ticks wait,
+  unapplied, until their tick closes (their memory is bounded by how far streams
+  drift apart; ``max_held_events`` forces closes beyond that).
+* **Transitions.** A user's stage is the stage of their latest evaluation at a
+  closed tick; a transition is a change between two such evaluations, at the tick
+  it happened. A user's first transition is from none, at their first event's tick.
+* **End of input.** Ticks up to the newest frontier are closed; the last, still
+  open tick's events are applied and its users scored *provisionally* (rows written,
+  no stage committed, no transition, no playbook grant). A later load continues the
+  open tick, so loading a history in parts gives what loading it at once gives.
 
 Duplicates (a producer retry re-sending an ``event_id``) are dropped before they
 touch state (:mod:`pipelines.core.dedup`) and counted, not dead-lettered.
-
-Scoring cadence: a user whose state changed is re-scored at most once per
-``score_interval_ms`` of event time, which bounds model work under a burst (a
-user sending 50 events a minute during a live-stream is scored once or twice,
-not 50 times). Users not yet due stay *pending* and are scored by a later
-activation, or by :meth:`ShardProcessor.flush` at the end of the input. A
-stage change is never delayed: it is emitted at once, so transitions trigger
-automation on time.
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipelines.contract.events import EventColumns, Rejection, RejectReason
-from pipelines.contract.time import NEVER
+from pipelines.contract.time import DAY_MS, NEVER
 from pipelines.core.dedup import Deduplicator
 from pipelines.core.defaults import default_playbook, default_taxonomy
 from pipelines.core.features import compute_features
@@ -42,12 +53,12 @@ from pipelines.core.ledger import ActionLedger
 from pipelines.core.playbook import Playbook
 from pipelines.core.state import ShardState
 from pipelines.core.taxonomy import Taxonomy
-from pipelines.core.timers import SilenceTimers
+from pipelines.core.timers import Timers, refresh_due
 
 
 @dataclass(frozen=True, slots=True)
 class FeatureRows:
-    """Users to (re-)score, with their features as of the shard clock."""
+    """Users evaluated at one closed tick, with their features as of it."""
 
     user_id: npt.NDArray[np.object_]
     rows: npt.NDArray[np.int64]  # the users' rows in the shard state (action ledger, consent lookups)
@@ -55,12 +66,12 @@ class FeatureRows:
     stage: npt.NDArray[np.int8]
     prev_stage: npt.NDArray[np.int8]  # -1: first time this user is scored
     last_event_ms: npt.NDArray[np.int64]  # newest event of the user
-    #: rows scored because their own events changed them (not a silence timer): the
+    #: rows evaluated because their own events changed them (not a timer or refresh): the
     #: only rows whose event-to-score delay is a freshness measurement
     from_events: npt.NDArray[np.bool_]
-    version: int  # shard clock (event-time ms): monotonic per user, the ReplacingMergeTree version
+    version: int  # the tick (event-time ms): monotonic per user, the ReplacingMergeTree version
     read_at_ms: int  # wall-clock ms the newest contributing batch was read (0 for timer-only rows)
-    #: rows scored by a flush without advancing state (see :meth:`ShardProcessor.flush`): the playbook
+    #: rows scored by a flush without committing their stage (see :meth:`ShardProcessor.flush`): the playbook
     #: grants them nothing (a grant changes state); None = no such row
     provisional: npt.NDArray[np.bool_] | None = None
 
@@ -68,15 +79,42 @@ class FeatureRows:
         return int(self.user_id.shape[0])
 
 
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """One shard's part of a raw batch, and what the whole batch says about its stream's event time."""
+
+    stream: str
+    events: EventColumns
+    #: per event: the stream's newest event time in the raw batch up to and including this event
+    frontier: npt.NDArray[np.int64]
+    #: newest event time of the whole raw batch (every shard's events); NEVER when it had none
+    batch_max: int = NEVER
+    #: the stream has nothing more to read for now (a Kafka partition at its end): it holds no tick back
+    caught_up: bool = False
+
+    @staticmethod
+    def of(events: EventColumns, stream: str | None = None) -> Slice:
+        """A whole batch as one slice (offline replays and tests): frontiers from the batch's own order.
+
+        The stream defaults to the events' ``source:partition``.
+        """
+        stream = stream if stream is not None else f"{events.source}:{events.partition}"
+        ts = events.ts_ms
+        front = np.maximum.accumulate(ts) if ts.shape[0] else np.zeros(0, np.int64)
+        return Slice(stream, events, front, int(ts.max()) if ts.shape[0] else NEVER)
+
+
 @dataclass(slots=True)
 class ShardResult:
-    """What one activation of a shard produced."""
+    """What one activation of a shard produced: the rows of every tick it closed, in tick order."""
 
-    rows: FeatureRows | None
+    rows: list[FeatureRows] = field(default_factory=list)
     rejects: list[Rejection] = field(default_factory=list)
     applied: int = 0
     timer_rows: int = 0
+    refresh_rows: int = 0
     duplicates: int = 0
+    ticks: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,174 +123,317 @@ class ShardConfig:
     playbook: Playbook = field(default_factory=default_playbook)
     allowed_lateness_ms: int = 6 * 3_600_000
     timer_bucket_ms: int = 3_600_000
-    #: a touched user is re-scored at most once per this much event time (0 = every batch)
+    #: the event-time tick: a touched user is evaluated once per tick, at its end
     score_interval_ms: int = 30_000
+    #: every live user is re-evaluated at least once per this much event time
+    refresh_ms: int = DAY_MS
+    #: ... and churned users once per this much
+    refresh_churned_ms: int = 7 * DAY_MS
+    #: the input streams expected from the start (a tick waits for all of them); others join when seen
+    streams: tuple[str, ...] = ()
+    #: events waiting for their tick beyond this force the oldest tick closed (streams far apart)
+    max_held_events: int = 4_000_000
     #: duplicate event ids are recognised within one to two such windows of event time
     dedup_window_ms: int = 6 * 3_600_000
     #: keys per dedup generation (two are kept): bounds dedup memory per shard
     dedup_max_keys: int = 4_000_000
 
+    def __post_init__(self) -> None:
+        if self.score_interval_ms <= 0:
+            raise ValueError(f"score_interval_ms (the tick) must be positive, got {self.score_interval_ms}")
+        if self.refresh_ms < self.timer_bucket_ms or self.refresh_churned_ms < self.refresh_ms:
+            raise ValueError(
+                f"need timer_bucket_ms <= refresh_ms <= refresh_churned_ms, got {self.timer_bucket_ms}, "
+                f"{self.refresh_ms}, {self.refresh_churned_ms}"
+            )
+
 
 class ShardProcessor:
-    """State, timers and stage bookkeeping of one shard."""
+    """State, ticks, timers and stage bookkeeping of one shard (see the module docstring)."""
 
     def __init__(
         self,
         cfg: ShardConfig,
         state: ShardState | None = None,
-        timers: SilenceTimers | None = None,
+        timers: Timers | None = None,
         dedup: Deduplicator | None = None,
         ledger: ActionLedger | None = None,
+        refresh: Timers | None = None,
     ) -> None:
         self.cfg = cfg
         self.state = state or ShardState()
         self.dedup = dedup or Deduplicator(cfg.dedup_window_ms, cfg.dedup_max_keys)
-        #: rows whose state changed but whose score is not yet due (cadence)
-        self.pending = np.zeros(0, np.int64)
-        #: newest event time seen per input partition ("source:partition"): the lateness reference
-        self.partition_clock: dict[str, int] = {}
-        self.timers = timers or SilenceTimers(cfg.taxonomy.silence_ms, cfg.timer_bucket_ms)
+        self.timers = timers or Timers(cfg.taxonomy.timers, cfg.timer_bucket_ms)
+        self.refresh = refresh or Timers((), cfg.timer_bucket_ms)
         #: per-user action history and the day's cap counters (playbooks): part of the shard state
         self.ledger = ledger or ActionLedger(cfg.playbook.action_names, cfg.playbook.rule_ids())
+        #: newest event time read per stream: the lateness reference and the watermark's inputs
+        self.frontier: dict[str, int] = dict.fromkeys(cfg.streams, NEVER)
+        self.caught_up: set[str] = set()
+        #: the last closed tick (event-time ms)
+        self.closed_ms: int = NEVER
+        #: events waiting for their tick: tick -> parts, and a heap of the ticks
+        self._held: dict[int, list[EventColumns]] = {}
+        self._held_heap: list[int] = []
+        self._held_n = 0
+        #: rows whose events were applied by a flush and are not yet evaluated at a closed tick
+        self.touched = np.zeros(0, np.int64)
 
     # ------------------------------------------------------------------ steps
 
-    def process(self, ev: EventColumns, clock_hint_ms: int | None = None) -> ShardResult:
-        """Apply a batch of events; return the touched users' features and the dead letters.
+    def process(self, sl: Slice | EventColumns) -> ShardResult:
+        """Take one slice: reject late events, hold the rest for their ticks, close every tick now complete.
 
-        ``clock_hint_ms`` is the newest event time of the whole input batch (all
-        shards): it moves this shard's clock even when none of its own users
-        spoke, so their silence timers still fire.
+        A bare :class:`EventColumns` is a whole batch of one stream (offline replays, tests).
         """
-        st = self.state
+        if isinstance(sl, EventColumns):
+            sl = Slice.of(sl)
         rejects: list[Rejection] = []
+        ev = sl.events
+        before = self.frontier.get(sl.stream, NEVER)
         if len(ev):
-            part = f"{ev.source}:{ev.partition}"
-            newest = self.partition_clock.get(part, NEVER)
-            if newest != NEVER:
-                late = ev.ts_ms < newest - self.cfg.allowed_lateness_ms
-                if late.any():
-                    detail = f"older than the partition's newest event minus {self.cfg.allowed_lateness_ms} ms"
-                    rejects += ev.rejections(late, RejectReason.LATE, detail)
-                    ev = ev.take(~late)
-            if len(ev):
-                self.partition_clock[part] = max(newest, int(ev.ts_ms.max()))
-        duplicates = 0
-        if len(ev):
-            fresh = self.dedup.first_seen(ev.event_key, ev.ts_ms)
-            duplicates = int((~fresh).sum())
-            if duplicates:
-                ev = ev.take(fresh)
-        applied = st.apply(ev)
-        if clock_hint_ms is not None and clock_hint_ms > st.clock_ms and st.n:
-            st.clock_ms = clock_hint_ms
-        if applied.collisions.any():
-            rejects += ev.rejections(applied.collisions, RejectReason.USER_ID_COLLISION, "64-bit user key collision")
-        touched = applied.rows
-        self.timers.schedule(touched, st.ts["last_active_ts"][touched])
-        due = self.timers.pop_due(st.clock_ms)
-        changed = np.union1d(touched, self.pending) if self.pending.shape[0] else touched
-        rows = self._emit(changed, due, ev.read_at_ms)
-        n_applied = len(ev) - int(applied.collisions.sum())
-        return ShardResult(rows, rejects, n_applied, int(due.shape[0]), duplicates)
+            front = np.maximum(sl.frontier, before)
+            late = ev.ts_ms < front - self.cfg.allowed_lateness_ms
+            if late.any():
+                detail = f"older than the stream's newest event minus {self.cfg.allowed_lateness_ms} ms"
+                rejects += ev.rejections(late, RejectReason.LATE, detail)
+                ev, front = ev.take(~late), front[~late]
+            self._hold(ev, front)
+        self.frontier[sl.stream] = max(before, sl.batch_max)
+        if sl.caught_up:
+            self.caught_up.add(sl.stream)
+        elif sl.batch_max != NEVER:
+            self.caught_up.discard(sl.stream)
+        res = self._close_through(self.watermark())
+        res.rejects[:0] = rejects
+        return res
 
-    def flush(self) -> ShardResult:
-        """Score every pending user now, cadence or not (end of input, graceful stop).
-
-        The scores are *provisional*: written, but the users stay pending and their
-        score time is not advanced, so the state Bytewax snapshots after the flush
-        is the state before it. A run resumed after a graceful stop then scores
-        them at their next activation exactly as an uninterrupted run would; a
-        flush that advanced the state would make the resumed run's final scores
-        older than the uninterrupted run's. (A pending user whose stage changed is
-        committed as usual: a transition must be emitted once.)
-        """
-        if self.pending.shape[0] == 0:
-            return ShardResult(None)
-        return ShardResult(self._emit(self.pending, np.zeros(0, np.int64), 0, force=True))
+    def watermark(self) -> int:
+        """Ticks up to here are complete: the oldest frontier of the streams that may still send events."""
+        active = [f for s, f in self.frontier.items() if s not in self.caught_up]
+        if active:
+            return min(active)
+        return max(self.frontier.values(), default=NEVER)  # every stream caught up: all has arrived
 
     def advance(self, clock_ms: int) -> ShardResult:
-        """Move the clock forward without events (idle stream) and fire due timers."""
-        st = self.state
-        if st.clock_ms == NEVER or clock_ms <= st.clock_ms:
-            return ShardResult(None)
-        st.clock_ms = clock_ms
-        due = self.timers.pop_due(clock_ms)
-        changed = self.pending
-        return ShardResult(self._emit(changed, due, 0), timer_rows=int(due.shape[0]))
+        """Close the ticks up to ``clock_ms`` without new events (an idle live stream: wall time moves on)."""
+        if self.closed_ms == NEVER and not self._held_n:
+            return ShardResult()
+        return self._close_through(max(clock_ms + 1, self.watermark()))
 
-    def _emit(
-        self,
-        changed: npt.NDArray[np.int64],
-        timer_due: npt.NDArray[np.int64],
-        read_at_ms: int,
-        *,
-        force: bool = False,
-    ) -> FeatureRows | None:
-        """Rows to score now: changed users whose cadence is due (all of them if ``force``),
-        and any user whose stage changed (touched or timer-fired). The rest stay pending.
+    def flush(self) -> ShardResult:
+        """End of input: close every tick up to the newest frontier, score the open tick provisionally.
+
+        The open tick's events are applied (so a snapshot taken now holds them) but its users are
+        evaluated *provisionally*: rows are written, their stage is not committed, no transition
+        and no playbook grant follow, and they stay marked as touched. A later load or a resumed
+        run closes that tick as an uninterrupted run would.
         """
+        newest = max(self.frontier.values(), default=NEVER)
+        res = self._close_through(newest)
+        t_open = self._tick_of(max(newest, self.closed_ms + 1))
+        if self._held_n:
+            t_open = self._held_heap[0]
+            more = self._apply(self._take_held(t_open))
+            res.rejects += more.rejects
+            res.applied += more.applied
+            res.duplicates += more.duplicates
+            self.touched = np.union1d(self.touched, more.rows_touched)
+        if self.touched.shape[0]:
+            live = self.touched[self.state.user_id[self.touched] != ""]
+            if live.shape[0]:
+                rows = self._rows(live, t_open, from_events=live, commit=False, read_at_ms=0)
+                res.rows.append(rows)
+        return res
+
+    # ------------------------------------------------------------------ ticks
+
+    def _tick_of(self, t_ms: int) -> int:
+        """The tick an instant belongs to: ticks are ``(end - interval, end]``, named by their end."""
+        tick = self.cfg.score_interval_ms
+        return -((-t_ms) // tick) * tick
+
+    def _hold(self, ev: EventColumns, front: npt.NDArray[np.int64]) -> None:
+        if not len(ev):
+            return
+        tick = self.cfg.score_interval_ms
+        ticks = -((-front) // tick) * tick
+        if self.closed_ms != NEVER:  # a stream joining late: its old events fold into the open tick
+            ticks = np.maximum(ticks, self.closed_ms + tick)
+        order = np.argsort(ticks, kind="stable")
+        t_sorted = ticks[order]
+        cuts = np.flatnonzero(np.diff(t_sorted)) + 1
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, t_sorted.shape[0]], strict=True):
+            t = int(t_sorted[a])
+            part = ev.take(order[a:b])
+            if t not in self._held:
+                self._held[t] = []
+                heapq.heappush(self._held_heap, t)
+            self._held[t].append(part)
+            self._held_n += len(part)
+
+    def _take_held(self, t: int) -> EventColumns:
+        parts = self._held.pop(t, [])
+        if self._held_heap and self._held_heap[0] == t:
+            heapq.heappop(self._held_heap)
+        self._held_n -= sum(len(p) for p in parts)
+        if not parts:
+            return EventColumns.empty()
+        ev = parts[0] if len(parts) == 1 else EventColumns.concat(parts)
+        # a canonical order (time, then event id): the tick's result cannot depend on arrival order
+        return ev.take(np.lexsort((ev.event_key, ev.ts_ms)))
+
+    def _next_due(self) -> int | None:
+        """The next tick with work: held events, a rule timer or a refresh (as a tick boundary)."""
+        cands = [t for t in (self.timers.next_due_ms(), self.refresh.next_due_ms()) if t is not None]
+        due = [self._tick_of(t) for t in cands]  # the first tick boundary at or after the due time
+        if self._held_heap:
+            due.append(self._held_heap[0])
+        return min(due) if due else None
+
+    def _close_through(self, watermark: int) -> ShardResult:
+        res = ShardResult()
+        while True:
+            t = self._next_due()
+            if t is None:
+                break
+            forced = self._held_n > self.cfg.max_held_events and bool(self._held_heap) and t == self._held_heap[0]
+            if t >= watermark and not forced:  # the tick ending at the watermark may still get events
+                break
+            self._close(t, res)
+        return res
+
+    def _close(self, t: int, res: ShardResult) -> None:
+        """Close tick ``t``: apply its events, evaluate touched, timer-due and refresh-due users as of ``t``."""
         st = self.state
-        now = st.clock_ms
-        if timer_due.shape[0]:
-            timer_due = timer_due[~np.isin(timer_due, changed)]
-            timer_due = timer_due[st.user_id[timer_due] != ""]  # timers of erased users hold nobody
-        rows = np.concatenate([changed, timer_due]) if timer_due.shape[0] else changed
+        ev = self._take_held(t)
+        applied = self._apply(ev)
+        res.rejects += applied.rejects
+        res.applied += applied.applied
+        res.duplicates += applied.duplicates
+        touched = applied.rows_touched
+        if self.touched.shape[0]:
+            touched = np.union1d(touched, self.touched)
+            self.touched = np.zeros(0, np.int64)
+        st.clock_ms = max(st.clock_ms, t)
+        self.timers.schedule(touched, st.ts)
+        due = self.timers.pop_due(t)
+        refresh = self.refresh.pop_due(t)
+        rows = np.union1d(np.union1d(touched, due), refresh)
+        rows = rows[st.user_id[rows] != ""]  # timers of erased users hold nobody
+        self.closed_ms = t
+        res.ticks += 1
         if rows.shape[0] == 0:
-            return None
-        feats = compute_features(st, rows, now)
+            return
+        first = rows[st.scored_ms[rows] == NEVER]
+        rescheduled = np.union1d(first, refresh[st.user_id[refresh] != ""])
+        fr = self._rows(rows, t, from_events=touched, commit=True, read_at_ms=ev.read_at_ms if len(ev) else 0)
+        self._schedule_refresh(rescheduled, t)
+        res.timer_rows += int(np.isin(rows, due).sum())
+        res.refresh_rows += int(np.isin(rows, refresh).sum())
+        res.rows.append(fr)
+
+    @dataclass(slots=True)
+    class _Applied:
+        rows_touched: npt.NDArray[np.int64]
+        rejects: list[Rejection]
+        applied: int
+        duplicates: int
+
+    def _apply(self, ev: EventColumns) -> ShardProcessor._Applied:
+        if not len(ev):
+            return ShardProcessor._Applied(np.zeros(0, np.int64), [], 0, 0)
+        fresh = self.dedup.first_seen(ev.event_key, ev.ts_ms)
+        duplicates = int((~fresh).sum())
+        if duplicates:
+            ev = ev.take(fresh)
+        applied = self.state.apply(ev)
+        rejects: list[Rejection] = []
+        if applied.collisions.any():
+            rejects = ev.rejections(applied.collisions, RejectReason.USER_ID_COLLISION, "64-bit user key collision")
+        n = len(ev) - int(applied.collisions.sum())
+        return ShardProcessor._Applied(applied.rows, rejects, n, duplicates)
+
+    def _rows(
+        self,
+        rows: npt.NDArray[np.int64],
+        t: int,
+        *,
+        from_events: npt.NDArray[np.int64],
+        commit: bool,
+        read_at_ms: int,
+    ) -> FeatureRows:
+        """Evaluate ``rows`` as of ``t``; commit their stage and score time unless provisional."""
+        st = self.state
+        feats = compute_features(st, rows, t)
         stage = self.cfg.taxonomy.assign_stages(feats)
         prev = st.stage[rows].copy()
-        keep = stage != prev
-        n_changed = changed.shape[0]
-        provisional = np.zeros(rows.shape[0], bool)
-        if force:
-            provisional[:n_changed] = ~keep[:n_changed]
-            keep[:n_changed] = True
+        if commit:
+            st.stage[rows] = stage
+            st.scored_ms[rows] = t
         else:
-            last = st.scored_ms[changed]
-            keep[:n_changed] |= (last == NEVER) | (now - last >= self.cfg.score_interval_ms)
-        self.pending = changed[~keep[:n_changed] | provisional[:n_changed]]
-        from_events = np.arange(rows.shape[0]) < n_changed
-        if not keep.all():
-            rows, feats, stage, prev = rows[keep], feats[keep], stage[keep], prev[keep]
-            from_events, provisional = from_events[keep], provisional[keep]
-        if rows.shape[0] == 0:
-            return None
-        st.stage[rows] = stage
-        st.scored_ms[rows[~provisional]] = now
-        last_ev = st.ts["ref_ts"][rows]  # the decay reference is the row's newest event of any type
+            prev = stage  # provisional: no transition until the tick closes
         return FeatureRows(
             user_id=st.user_id[rows],
             rows=rows,
             features=feats,
             stage=stage,
             prev_stage=prev,
-            last_event_ms=last_ev,
-            from_events=from_events,
-            version=int(now),
+            last_event_ms=st.ts["ref_ts"][rows],  # the decay reference is the row's newest event of any type
+            from_events=np.isin(rows, from_events),
+            version=int(t),
             read_at_ms=read_at_ms,
-            provisional=provisional if provisional.any() else None,
+            provisional=None if commit else np.ones(rows.shape[0], bool),
         )
 
+    def _schedule_refresh(self, rows: npt.NDArray[np.int64], after_ms: int) -> None:
+        """The next refresh of ``rows`` after ``after_ms``, at each user's phase (churned users less often)."""
+        if rows.shape[0] == 0:
+            return
+        st, cfg = self.state, self.cfg
+        keys = st.user_key[rows]
+        churned = self._churned_code()
+        slow = (st.stage[rows] == churned) if churned is not None else np.zeros(rows.shape[0], bool)
+        due = refresh_due(keys, after_ms, cfg.refresh_ms, cfg.timer_bucket_ms)
+        if slow.any():
+            due[slow] = refresh_due(keys[slow], after_ms, cfg.refresh_churned_ms, cfg.timer_bucket_ms)
+        self.refresh.schedule_at(rows, due)
+
+    def _churned_code(self) -> int | None:
+        names = self.cfg.taxonomy.stages
+        return names.index("churned") if "churned" in names else None
+
+    # ------------------------------------------------------------------ erasure
+
     def erase(self, keys: npt.NDArray[np.int64]) -> int:
-        """Remove users from this shard's state (erasure); they are no longer pending either."""
+        """Remove users from this shard's state (erasure): their rows, action history and waiting events."""
         rows = self.state.lookup(keys)
         n = self.state.erase(keys)
         self.ledger.clear(rows)
-        if n and self.pending.shape[0]:
-            self.pending = self.pending[~np.isin(self.pending, rows[rows >= 0])]
+        gone = rows[rows >= 0]
+        if gone.shape[0] and self.touched.shape[0]:
+            self.touched = self.touched[~np.isin(self.touched, gone)]
+        for t, parts in self._held.items():
+            kept = [p.take(~np.isin(p.user_key, keys)) for p in parts]
+            self._held_n -= sum(len(p) for p in parts) - sum(len(p) for p in kept)
+            self._held[t] = kept
         return n
 
     # ------------------------------------------------------------------ recovery
 
     def snapshot(self) -> dict[str, Any]:
+        held = [(t, p.compact()) for t in sorted(self._held) for p in self._held[t]]
         return {
             "state": self.state.snapshot_arrays(),
             "timers": self.timers.snapshot(),
-            "partition_clock": dict(self.partition_clock),
+            "refresh": self.refresh.snapshot(),
+            "refresh_ms": (self.cfg.refresh_ms, self.cfg.refresh_churned_ms),
+            "frontier": dict(self.frontier),
+            "caught_up": sorted(self.caught_up),
+            "closed_ms": self.closed_ms,
+            "held": held,
+            "touched": self.touched.copy(),
             "dedup": self.dedup.snapshot(),
-            "pending": self.pending.copy(),
             "taxonomy": self.cfg.taxonomy.fingerprint,
             "ledger": self.ledger.snapshot(self.state.n),
         }
@@ -263,26 +444,42 @@ class ShardProcessor:
 
         A snapshot taken under another taxonomy holds stage codes of that
         taxonomy: every user is re-labelled from state (no transition is
-        emitted: ``lifecycle rescore`` writes the new labels) and the silence
-        timers are rebuilt for the new thresholds. Playbook history is mapped
-        by action name, so editing a playbook keeps cooldowns.
+        emitted: ``lifecycle rescore`` writes the new labels) and the rule timers
+        are rebuilt for the new thresholds; a changed refresh interval rebuilds
+        the refresh wheel. Playbook history is mapped by action name, so editing
+        a playbook keeps cooldowns.
         """
         st = ShardState.restore(snap["state"])
-        timers = SilenceTimers.restore(snap["timers"])
         pb = cfg.playbook
         led = snap.get("ledger")
         ledger = ActionLedger.restore(led, pb.action_names, pb.rule_ids()) if led is not None else None
-        proc = cls(cfg, st, timers, Deduplicator.restore(snap["dedup"]), ledger)
-        proc.partition_clock = dict(snap["partition_clock"])
-        proc.pending = snap["pending"]
+        proc = cls(cfg, st, Timers.restore(snap["timers"]), Deduplicator.restore(snap["dedup"]), ledger)
+        proc.frontier.update({str(k): int(v) for k, v in snap["frontier"].items()})
+        proc.caught_up = set(snap["caught_up"])
+        proc.closed_ms = int(snap["closed_ms"])
+        for t, part in snap["held"]:
+            proc._hold_at(int(t), part)
+        proc.touched = np.asarray(snap["touched"], np.int64)
         # snapshots from before taxonomies were configurable hold codes of the default one
         if snap.get("taxonomy", default_taxonomy().fingerprint) != cfg.taxonomy.fingerprint:
             proc.relabel()
-        if tuple(timers.thresholds_ms) != tuple(cfg.taxonomy.silence_ms):
-            proc.timers = SilenceTimers(cfg.taxonomy.silence_ms, cfg.timer_bucket_ms)
-            live = np.flatnonzero(st.user_id[: st.n] != "").astype(np.int64)
-            proc.timers.schedule(live, st.ts["last_active_ts"][live])
+        live = np.flatnonzero(st.user_id[: st.n] != "").astype(np.int64)
+        if tuple(proc.timers.specs) != tuple(cfg.taxonomy.timers):
+            proc.timers = Timers(cfg.taxonomy.timers, cfg.timer_bucket_ms)
+            proc.timers.schedule(live, st.ts)
+        if tuple(snap["refresh_ms"]) == (cfg.refresh_ms, cfg.refresh_churned_ms):
+            proc.refresh = Timers.restore(snap["refresh"])
+        else:
+            scored = live[st.scored_ms[live] != NEVER]
+            proc._schedule_refresh(scored, max(proc.closed_ms, 0))
         return proc
+
+    def _hold_at(self, t: int, part: EventColumns) -> None:
+        if t not in self._held:
+            self._held[t] = []
+            heapq.heappush(self._held_heap, t)
+        self._held[t].append(part)
+        self._held_n += len(part)
 
     def relabel(self, chunk: int = 65_536) -> int:
         """Recompute every scored user's stage under the configured taxonomy (state only); return the count."""
@@ -292,3 +489,16 @@ class ShardProcessor:
             rows = scored[a : a + chunk]
             st.stage[rows] = self.cfg.taxonomy.assign_stages(compute_features(st, rows, st.clock_ms))
         return int(scored.shape[0])
+
+    def staleness_ms(self) -> tuple[int, int]:
+        """Event-time age of live users' last scores at the last closed tick: (oldest, 99th percentile)."""
+        st = self.state
+        scored = st.scored_ms[: st.n][(st.user_id[: st.n] != "") & (st.scored_ms[: st.n] != NEVER)]
+        if scored.shape[0] == 0 or self.closed_ms == NEVER:
+            return 0, 0
+        age = self.closed_ms - scored
+        return int(age.max()), int(np.percentile(age, 99))
+
+    def held_events(self) -> int:
+        """Events waiting for their tick."""
+        return self._held_n

@@ -11,10 +11,13 @@ never wait for the scoring cadence and a silent user must move to a later
 stage on a timer, from state alone. Tiers and the at-risk flag are decided
 after scoring and may use ``churn_risk`` / ``purchase_propensity``.
 
-Silence timers: every comparison of ``days_since_active`` with a constant in a
-stage rule is a moment when a silent user may change stage; those thresholds
-(``silence_days``) drive :class:`pipelines.core.timers.SilenceTimers`, so any
-taxonomy gets exact, event-free dormancy/churn moves.
+Timers: every comparison of a time-driven feature (``days_since_active``,
+``days_since_acquire``, ``days_since_order``, ``days_since_message``, ``tenure_days``)
+with a constant in any rule is a moment when a user's label may change with no new
+event; those thresholds (``timers``) drive :class:`pipelines.core.timers.Timers`, so
+any taxonomy gets exact, event-free moves (a ``new`` user stops being new on time,
+a silent one becomes dormant on time). ``silence_days`` lists the silence thresholds
+of the stage rules alone.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pipelines.core.features import FEATURE_NAMES, INDEX
+from pipelines.core.features import FEATURE_NAMES, INDEX, TIMED_FEATURES
 from pipelines.core.rules import (
     Category,
     Condition,
@@ -92,6 +95,9 @@ class Taxonomy:
     silence_days: tuple[float, ...] = ()
     #: timers fire this long after the last activity (strict ">" thresholds one minute later)
     silence_ms: tuple[int, ...] = ()
+    #: (state timestamp column, ms) for every ``days_since_*``/``tenure_days`` comparison in any rule: the
+    #: instants at which a label may change without a new event (:class:`pipelines.core.timers.Timers`)
+    timers: tuple[tuple[str, int], ...] = ()
     source: str = ""
     fingerprint: str = ""
 
@@ -243,16 +249,22 @@ def parse_taxonomy(doc: Located) -> Taxonomy:
     at_risk = compile_condition(need(doc, top, "at_risk", (str, bool), ()), risk_vocab, error_at(doc, ("at_risk",)))
 
     silence: set[tuple[float, bool]] = set()
-    for code, rule in enumerate(rules):
+    timed: set[tuple[str, int]] = set()
+    day_ms = 86_400_000
+    located = [(("stages", c, "when"), r) for c, r in enumerate(rules)]
+    located += [(("tiers", i, "when"), r) for i, r in enumerate(tier_rules)] + [(("at_risk",), at_risk)]
+    for at, rule in located:
         for var, op, const in rule.thresholds:
-            if var != "days_since_active":
+            if var not in TIMED_FEATURES:
                 continue
             if const <= 0:
-                raise doc.error(("stages", code, "when"), f"days_since_active threshold must be positive, got {const}")
-            silence.add((const, op in (">", "<=")))  # x > c / x <= c change answer just after c
-    day_ms = 86_400_000
-    # a strict threshold (x > c) changes its answer just after c; features hold days as float32 (a resolution
-    # of seconds at a year), so its timer fires one minute after c, where the feature is surely past c
+                raise doc.error(at, f"{var} threshold must be positive, got {const}")
+            strict = op in (">", "<=")  # x > c / x <= c change answer just after c
+            # a strict threshold (x > c) changes its answer just after c; features hold days as float32 (a
+            # resolution of seconds at a year), so its timer fires one minute after c, where it is surely past c
+            timed.add((TIMED_FEATURES[var], int(round(const * day_ms)) + (STRICT_DELAY_MS if strict else 0)))
+            if var == "days_since_active" and at[0] == "stages":
+                silence.add((const, strict))
     silence_ms = sorted({int(round(c * day_ms)) + (STRICT_DELAY_MS if strict else 0) for c, strict in silence})
     text = doc.path.read_bytes()
     return Taxonomy(
@@ -269,6 +281,7 @@ def parse_taxonomy(doc: Located) -> Taxonomy:
         params=params,
         silence_days=tuple(sorted({c for c, _ in silence})),
         silence_ms=tuple(silence_ms),
+        timers=tuple(sorted(timed)),
         source=str(doc.path),
         fingerprint=hashlib.sha256(text).hexdigest()[:16],
     )

@@ -1,77 +1,132 @@
-"""Silence timers: find users whose silence crossed a stage threshold, in O(users due).
+"""Event-time timers over dense state rows, in O(rows due): rule thresholds and the refresh wheel.
 
-A user touched at event time ``t`` becomes due at ``t + threshold`` for each
-threshold (dormant, churned). Due times are bucketed (default one hour); each
-bucket holds the rows scheduled into it. When the shard clock passes a bucket,
-its rows are popped and kept only if they are still silent: a row touched again
-later has a newer schedule in a later bucket, so stale entries are discarded
-lazily instead of being searched for and removed on every touch.
+Two uses, one wheel:
+
+* **Rule timers** (:meth:`Timers.schedule`): every comparison of a ``days_since_*``
+  (or ``tenure_days``) feature with a constant in the taxonomy's rules is a point in
+  time at which a user's label may change without any new event. A user whose
+  reference timestamp (``last_active_ts``, ``last_acquire_ts``, ...) is ``t`` is due
+  at ``t + threshold`` for each such threshold.
+* **Refresh** (:meth:`Timers.schedule_at`): every live user is re-evaluated at least
+  once per refresh interval of event time, at a phase fixed by their key
+  (:func:`refresh_due`), so the re-evaluations of a day spread evenly over it.
+
+Due times are bucketed (default one hour; a bucket fires at its end, so a timer is
+never early and at most one bucket late). Each bucket holds the rows scheduled into
+it; when the shard clock passes a bucket, its rows are popped. A row touched again
+later has a newer schedule in a later bucket, so stale entries are not searched for
+and removed on every touch: they pop and are evaluated once more, which is harmless.
 """
 
 from __future__ import annotations
 
+import heapq
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from pipelines.contract.time import NEVER
+
 _COMPACT_AT = 64  # merge a bucket's arrays (and drop repeats) once it holds this many
 
+#: (state timestamp column, threshold ms): fire ``threshold`` after the column's time.
+TimerSpec = tuple[str, int]
 
-class SilenceTimers:
-    """Bucketed timer wheel over dense state rows, one wheel per threshold."""
 
-    def __init__(self, thresholds_ms: tuple[int, ...], bucket_ms: int = 3_600_000) -> None:
+class Timers:
+    """Bucketed timer wheel over dense state rows."""
+
+    def __init__(self, specs: tuple[TimerSpec, ...] = (), bucket_ms: int = 3_600_000) -> None:
         if bucket_ms <= 0:
             raise ValueError(f"bucket_ms must be positive, got {bucket_ms}")
-        self.thresholds_ms = thresholds_ms
+        self.specs = tuple((str(c), int(t)) for c, t in specs)
         self.bucket_ms = bucket_ms
         self._buckets: dict[int, list[npt.NDArray[np.int64]]] = {}
+        self._heap: list[int] = []  # bucket ids, lazily deleted
         self._fired_through = np.iinfo(np.int64).min  # last bucket already popped
 
-    def schedule(self, rows: npt.NDArray[np.int64], last_active_ms: npt.NDArray[np.int64]) -> None:
-        """Schedule ``rows`` (unique) for every threshold after their last activity."""
+    def schedule(self, rows: npt.NDArray[np.int64], ts: dict[str, npt.NDArray[np.int64]]) -> None:
+        """Schedule ``rows`` for every spec, from the state's timestamp columns ``ts`` (NEVER: no timer)."""
         if rows.shape[0] == 0:
             return
-        for th in self.thresholds_ms:
-            # ceil: the timer must not fire before the threshold is really crossed
-            due_bucket = -((-(last_active_ms + th)) // self.bucket_ms)
-            for b in np.unique(due_bucket):
-                b = int(b)
-                if b <= self._fired_through:
-                    continue  # already due: caller re-scores these rows right now anyway
-                lst = self._buckets.setdefault(b, [])
-                lst.append(rows[due_bucket == b])
-                if len(lst) >= _COMPACT_AT:
-                    self._buckets[b] = [np.unique(np.concatenate(lst))]
+        for col, threshold in self.specs:
+            at = ts[col][rows]
+            known = at != NEVER
+            self.schedule_at(rows[known], at[known] + threshold)
+
+    def schedule_at(self, rows: npt.NDArray[np.int64], due_ms: npt.NDArray[np.int64]) -> None:
+        """Schedule each of ``rows`` at its own due time (an entry per row)."""
+        if rows.shape[0] == 0:
+            return
+        # ceil: the timer must not fire before its time
+        due_bucket = -((-due_ms) // self.bucket_ms)
+        order = np.argsort(due_bucket, kind="stable")
+        b_sorted = due_bucket[order]
+        cuts = np.flatnonzero(np.diff(b_sorted)) + 1
+        for start, end in zip(np.r_[0, cuts], np.r_[cuts, b_sorted.shape[0]], strict=True):
+            b = int(b_sorted[start])
+            if b <= self._fired_through:
+                continue  # already due: the caller evaluates these rows now anyway
+            lst = self._buckets.get(b)
+            if lst is None:
+                lst = self._buckets[b] = []
+                heapq.heappush(self._heap, b)
+            lst.append(rows[order[start:end]])
+            if len(lst) >= _COMPACT_AT:
+                self._buckets[b] = [np.unique(np.concatenate(lst))]
+
+    def next_due_ms(self) -> int | None:
+        """When the earliest scheduled bucket fires (its end), or None when nothing is scheduled."""
+        while self._heap and self._heap[0] not in self._buckets:
+            heapq.heappop(self._heap)
+        return self._heap[0] * self.bucket_ms if self._heap else None
 
     def pop_due(self, clock_ms: int) -> npt.NDArray[np.int64]:
         """Rows in every bucket that ends at or before ``clock_ms`` (unique, maybe stale)."""
         through = clock_ms // self.bucket_ms
         if through <= self._fired_through:
             return np.zeros(0, np.int64)
-        due = [b for b in self._buckets if b <= through]
         self._fired_through = through
-        if not due:
+        parts: list[npt.NDArray[np.int64]] = []
+        while self._heap and self._heap[0] <= through:
+            b = heapq.heappop(self._heap)
+            parts += self._buckets.pop(b, [])
+        if not parts:
             return np.zeros(0, np.int64)
-        parts = [a for b in sorted(due) for a in self._buckets.pop(b)]
         return np.unique(np.concatenate(parts))
 
     def pending(self) -> int:
-        """Scheduled entries (an upper bound on users with a pending timer)."""
+        """Scheduled entries (an upper bound on rows with a pending timer)."""
         return sum(a.shape[0] for lst in self._buckets.values() for a in lst)
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "thresholds_ms": self.thresholds_ms,
+            "specs": self.specs,
             "bucket_ms": self.bucket_ms,
             "fired_through": self._fired_through,
-            "buckets": {b: np.unique(np.concatenate(lst)) for b, lst in self._buckets.items()},
+            "buckets": {b: np.concatenate(lst) for b, lst in self._buckets.items()},
         }
 
     @classmethod
-    def restore(cls, snap: dict[str, Any]) -> SilenceTimers:
-        t = cls(tuple(snap["thresholds_ms"]), int(snap["bucket_ms"]))
+    def restore(cls, snap: dict[str, Any]) -> Timers:
+        t = cls(tuple(tuple(s) for s in snap.get("specs", ())), int(snap["bucket_ms"]))  # type: ignore[misc]
         t._fired_through = int(snap["fired_through"])
         t._buckets = {int(b): [a] for b, a in snap["buckets"].items()}
+        t._heap = sorted(t._buckets)
         return t
+
+
+def refresh_phase_ms(user_key: npt.NDArray[np.int64], interval_ms: int, bucket_ms: int) -> npt.NDArray[np.int64]:
+    """Each user's refresh phase within the interval: a whole bucket, from the key (stable, evenly spread)."""
+    slots = max(1, interval_ms // bucket_ms)
+    return (user_key.view(np.uint64) % np.uint64(slots)).astype(np.int64) * bucket_ms
+
+
+def refresh_due(
+    user_key: npt.NDArray[np.int64], after_ms: int, interval_ms: int, bucket_ms: int
+) -> npt.NDArray[np.int64]:
+    """The first time strictly after ``after_ms`` at each user's phase of the ``interval_ms`` wheel."""
+    phase = refresh_phase_ms(user_key, interval_ms, bucket_ms)
+    k = (after_ms - phase) // interval_ms + 1
+    return phase + k * interval_ms

@@ -18,6 +18,7 @@ sink, at the end; the steps in between are pure.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -27,17 +28,19 @@ from typing import Any
 
 import bytewax.operators as op
 import numpy as np
+import pyarrow as pa
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 
 from pipelines.contract.decode import Decoded, DecodeLimits, decode_batch
-from pipelines.contract.events import EventColumns, RawBatch, Rejection
-from pipelines.contract.time import Clock
+from pipelines.contract.events import RawBatch, Rejection
+from pipelines.contract.time import NEVER, Clock
 from pipelines.core.labels import DecideActions, label_rows
 from pipelines.core.rows import Records, reject_records
-from pipelines.core.shard import ShardConfig, ShardProcessor, ShardResult
+from pipelines.core.scores import take_scores
+from pipelines.core.shard import ShardConfig, ShardProcessor, ShardResult, Slice
 from pipelines.flow.recovery import FLOW_ID, STATE_STEP
 from pipelines.monitoring.drift import DriftMonitor
 from pipelines.monitoring.metrics import PipelineMetrics
@@ -58,28 +61,38 @@ class FlowConfig:
     exchange: bool = False
 
 
+#: Score staleness is measured over every live user (O(users)): at most this often (wall seconds).
+STALENESS_EVERY_S = 5.0
+
+
 def shard_of(user_key: np.ndarray, shards: int) -> np.ndarray:
     """Shard of each user: stable across processes and restarts (the key is a stable hash)."""
     return (user_key.view(np.uint64) % np.uint64(shards)).astype(np.int64)
 
 
-def split_by_shard(ev: EventColumns, shards: int) -> list[tuple[str, tuple[str, EventColumns, int]]]:
-    """One sub-batch for *every* shard, keyed ``"s0"``, ``"s1"``, ...
+def split_by_shard(d: Decoded, shards: int) -> list[tuple[str, tuple[str, Slice]]]:
+    """One :class:`~pipelines.core.shard.Slice` for *every* shard, keyed ``"s0"``, ``"s1"``, ...
 
-    Every shard gets an item, empty or not, carrying the batch's newest event
-    time: a shard whose users all fell silent must still see time pass, or its
-    silence timers would never fire. The value repeats the key because Bytewax
-    builds stateful logic from the resume state alone.
+    Every shard gets a slice, empty or not, carrying what the whole batch says about its
+    stream's event time: each event's frontier (the stream's newest event time up to it, in
+    the batch's order) and the batch's newest event time. So every shard sees every stream
+    move, closes the same ticks, and fires its timers even when none of its own users spoke.
+    The value repeats the key because Bytewax builds stateful logic from the resume state alone.
     """
-    if len(ev) == 0:
-        return []
-    clock = int(ev.ts_ms.max())
+    ev = d.events
+    ts = ev.ts_ms
+    front = np.maximum.accumulate(ts) if ts.shape[0] else np.zeros(0, np.int64)
+    newest = int(ts.max()) if ts.shape[0] else NEVER
     if shards == 1:
-        return [("s0", ("s0", ev, clock))]
+        return [("s0", ("s0", Slice(d.stream, ev, front, newest, d.caught_up)))]
     sh = shard_of(ev.user_key, shards)
     order = np.argsort(sh, kind="stable")
     bounds = np.searchsorted(sh[order], np.arange(shards + 1))
-    return [(f"s{k}", (f"s{k}", ev.take(order[bounds[k] : bounds[k + 1]]), clock)) for k in range(shards)]
+    out = []
+    for k in range(shards):
+        idx = order[bounds[k] : bounds[k + 1]]
+        out.append((f"s{k}", (f"s{k}", Slice(d.stream, ev.take(idx), front[idx], newest, d.caught_up))))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +103,7 @@ class ShardOutput:
     rejects: list[Rejection]
 
 
-class ShardLogic(StatefulLogic[tuple[str, EventColumns, int], ShardOutput, dict[str, Any]]):
+class ShardLogic(StatefulLogic[tuple[str, Slice], ShardOutput, dict[str, Any]]):
     """Bytewax glue around :class:`ShardProcessor` (one per shard key).
 
     Scoring and the playbook run here, inside the stateful step, because the
@@ -115,10 +128,11 @@ class ShardLogic(StatefulLogic[tuple[str, EventColumns, int], ShardOutput, dict[
         self.cfg = cfg
         self.clock = clock
         self._last_item_wall = clock()
+        self._staleness_at = float("-inf")
 
-    def on_item(self, value: tuple[str, EventColumns, int]) -> tuple[Iterable[ShardOutput], bool]:
-        self.key, events, clock_hint = value
-        res = self.proc.process(events, clock_hint_ms=clock_hint)
+    def on_item(self, value: tuple[str, Slice]) -> tuple[Iterable[ShardOutput], bool]:
+        self.key, sl = value
+        res = self.proc.process(sl)
         self._last_item_wall = self.clock()
         return [self._finish(res)], StatefulLogic.RETAIN
 
@@ -136,13 +150,13 @@ class ShardLogic(StatefulLogic[tuple[str, EventColumns, int], ShardOutput, dict[
         # so silent users still reach dormant/churned when no event arrives at all.
         target = int(self.clock() * 1000) - self.cfg.shard.allowed_lateness_ms
         res = self.proc.advance(max(target, st.clock_ms))
-        return ([self._finish(res)] if res.rows is not None else []), StatefulLogic.RETAIN
+        return ([self._finish(res)] if res.rows else []), StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[ShardOutput], bool]:
         # End of a finite input: score the users still waiting for their cadence,
         # so the store ends with every user's final state.
         res = self.proc.flush()
-        return ([self._finish(res)] if res.rows is not None else []), StatefulLogic.RETAIN
+        return ([self._finish(res)] if res.rows or res.rejects else []), StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         if self.cfg.idle_advance_seconds <= 0:
@@ -159,11 +173,19 @@ class ShardLogic(StatefulLogic[tuple[str, EventColumns, int], ShardOutput, dict[
         m.events_duplicate.inc(res.duplicates)
         count_rejects(m, res.rejects)
         m.timer_rows.inc(res.timer_rows)
+        m.refresh_rows.inc(res.refresh_rows)
         m.batches.labels(step="state").inc()
         st = self.proc.state
-        if st.clock_ms > 0:
-            m.watermark.labels(shard=self.key).set(st.clock_ms / 1000)
+        if self.proc.closed_ms != NEVER:
+            m.watermark.labels(shard=self.key).set(self.proc.closed_ms / 1000)
         m.users_in_state.labels(shard=self.key).set(st.n)
+        m.events_held.labels(shard=self.key).set(self.proc.held_events())
+        now = self.clock()
+        if now - self._staleness_at >= STALENESS_EVERY_S and self.proc.closed_ms != NEVER:
+            self._staleness_at = now
+            oldest, p99 = self.proc.staleness_ms()
+            m.score_staleness.labels(shard=self.key, stat="max").set(oldest / 1000)
+            m.score_staleness.labels(shard=self.key, stat="p99").set(p99 / 1000)
 
 
 class ScoreStep:
@@ -188,32 +210,53 @@ class ScoreStep:
         self._stage_names = (*self.taxonomy.stages, "none")
 
     def __call__(self, res: ShardResult, proc: ShardProcessor, shard: int = 0, shards: int = 1) -> list[Records]:
-        rows = res.rows
-        if rows is None or len(rows) == 0:
+        """Score every tick's rows in one call, then label them tick by tick (the playbook decides in order)."""
+        ticks = [r for r in res.rows if len(r)]
+        if not ticks:
             return []
-        scores = self.scorer.score(rows.features)
+        x = ticks[0].features if len(ticks) == 1 else np.concatenate([r.features for r in ticks])
+        scores = self.scorer.score(x)
         if self.drift is not None:
-            self.drift.observe(
-                rows.features, {"churn_risk": scores.churn_risk, "purchase_propensity": scores.purchase_propensity}
+            self.drift.observe(x, {"churn_risk": scores.churn_risk, "purchase_propensity": scores.purchase_propensity})
+        by_table: dict[str, list[Records]] = {}
+        a = 0
+        scored_at = int(self.clock() * 1000)
+        for rows in ticks:
+            part = take_scores(scores, a, a + len(rows))
+            a += len(rows)
+            if self.consent is not None:
+                marketing = self.consent.marketing_ok(proc.state.user_key[rows.rows])
+            else:
+                marketing = np.ones(len(rows), bool)
+            labeled = label_rows(
+                rows,
+                part,
+                self.taxonomy,
+                DecideActions(self.playbook, proc.ledger, marketing, shard=shard, shards=shards),
+                model_version=self.scorer.model_version,
+                scored_at_ms=scored_at,
             )
-        if self.consent is not None:
-            marketing = self.consent.marketing_ok(proc.state.user_key[rows.rows])
-        else:
-            marketing = np.ones(len(rows), bool)
-        labeled = label_rows(
-            rows,
-            scores,
-            self.taxonomy,
-            DecideActions(self.playbook, proc.ledger, marketing, shard=shard, shards=shards),
-            model_version=self.scorer.model_version,
-            scored_at_ms=int(self.clock() * 1000),
-        )
-        acts = labeled.decisions
-        assert acts is not None  # DecideActions always decides
+            acts = labeled.decisions
+            assert acts is not None  # DecideActions always decides
+            count_transitions(self.metrics, rows.prev_stage, rows.stage, self._stage_names)
+            count_actions(self.metrics, acts.action[acts.granted], self.playbook.action_names)
+            for r in labeled.records:
+                by_table.setdefault(r.table, []).append(r)
         self.metrics.batches.labels(step="score").inc()
-        count_transitions(self.metrics, rows.prev_stage, rows.stage, self._stage_names)
-        count_actions(self.metrics, acts.action[acts.granted], self.playbook.action_names)
-        return labeled.records
+        return [merge_records(parts) for parts in by_table.values()]
+
+
+def merge_records(parts: list[Records]) -> Records:
+    """Records of one table from several ticks as one block (one insert, not one per tick)."""
+    if len(parts) == 1:
+        return parts[0]
+    fresh = [p.last_event_ms for p in parts if p.last_event_ms is not None]
+    return Records(
+        parts[0].table,
+        pa.concat_tables([p.data for p in parts]),
+        np.concatenate(fresh) if fresh else None,
+        max(p.read_at_ms for p in parts),
+    )
 
 
 def build_flow(
@@ -252,7 +295,7 @@ def build_flow(
             keep = consent.keep(d.events)
             if not keep.all():
                 metrics.events_opted_out.inc(int((~keep).sum()))
-                d = Decoded(d.events.take(keep), d.rejects, d.total)
+                d = dataclasses.replace(d, events=d.events.take(keep))
         metrics.batches.labels(step="decode").inc()
         if on_batch is not None:
             on_batch(d.total)
@@ -260,10 +303,10 @@ def build_flow(
 
     decoded = op.map("decode", raw, decode)
 
-    def shard(d: Decoded) -> list[tuple[str, tuple[str, EventColumns, int]]]:
-        parts = split_by_shard(d.events, cfg.shards)
+    def shard(d: Decoded) -> list[tuple[str, tuple[str, Slice]]]:
+        parts = split_by_shard(d, cfg.shards)
         if cfg.exchange:
-            parts = [(k, (k2, ev.compact(), c)) for k, (k2, ev, c) in parts]
+            parts = [(k, (k2, dataclasses.replace(sl, events=sl.events.compact()))) for k, (k2, sl) in parts]
         return parts
 
     keyed = op.flat_map("shard", decoded, shard)

@@ -90,7 +90,8 @@ def check_restorable(snap: dict[str, Any], cfg: ShardConfig, where: str) -> None
     """Raise :class:`ValueError` unless ``ShardProcessor.restore(cfg, snap)`` keeps every user as it is.
 
     Restore re-labels every user under another taxonomy, rebuilds the silence
-    timers for other thresholds and maps action history onto another playbook.
+    timers for other thresholds, the refresh wheel for other intervals, and maps action
+    history onto another playbook.
     """
     hint = "erase with the taxonomy and playbook the pipeline runs with (--taxonomy, --playbook)"
     tax = cfg.taxonomy
@@ -99,8 +100,10 @@ def check_restorable(snap: dict[str, Any], cfg: ShardConfig, where: str) -> None
         raise ValueError(
             f"{where}: taken under another taxonomy (fingerprint {got}, not {tax.name}'s {tax.fingerprint}); {hint}"
         )
-    if tuple(snap["timers"]["thresholds_ms"]) != tuple(tax.silence_ms):
-        raise ValueError(f"{where}: its silence timers are not {tax.name}'s; {hint}")
+    if tuple(tuple(x) for x in snap["timers"].get("specs", ())) != tuple(tax.timers):
+        raise ValueError(f"{where}: its rule timers are not {tax.name}'s; {hint}")
+    if tuple(snap.get("refresh_ms", ())) != (cfg.refresh_ms, cfg.refresh_churned_ms):
+        raise ValueError(f"{where}: taken with another refresh interval; erase with the pipeline's refresh settings")
     led = snap.get("ledger")
     pb = cfg.playbook
     if led is not None and (tuple(led["actions"]), tuple(led["rules"])) != (pb.action_names, pb.rule_ids()):

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from bytewax.dataflow import Dataflow
@@ -63,24 +64,35 @@ class RunResult:
     actions_granted: dict[str, int] = field(default_factory=dict)
 
 
-def shard_config(s: Settings) -> ShardConfig:
-    """The shard step's configuration from ``s``: taxonomy and playbook (validated), lateness, cadence, dedup."""
+class StateError(RuntimeError):
+    """The pipeline state and the store disagree (a run without state against a store that has scores)."""
+
+
+def shard_config(s: Settings, streams: Sequence[str] = ()) -> ShardConfig:
+    """The shard step's configuration from ``s``: taxonomy and playbook (validated), ticks, refresh, lateness, dedup.
+
+    ``streams``: the input streams known up front (a tick waits for every one of them).
+    """
     taxonomy = s.load_taxonomy()
     return ShardConfig(
         taxonomy=taxonomy,
         playbook=s.load_playbook(taxonomy),
         allowed_lateness_ms=s.allowed_lateness_seconds * 1000,
         score_interval_ms=int(s.score_interval_seconds * 1000),
+        refresh_ms=int(s.refresh_seconds * 1000),
+        refresh_churned_ms=int(s.refresh_churned_seconds * 1000),
+        streams=tuple(streams),
+        max_held_events=s.max_held_events,
         dedup_window_ms=s.dedup_window_seconds * 1000,
         dedup_max_keys=s.dedup_max_keys,
     )
 
 
-def flow_config(s: Settings) -> FlowConfig:
+def flow_config(s: Settings, streams: Sequence[str] = ()) -> FlowConfig:
     return FlowConfig(
         shards=s.shards,
         limits=DecodeLimits(max_event_bytes=s.max_event_bytes, max_future_ms=s.max_future_seconds * 1000),
-        shard=shard_config(s),
+        shard=shard_config(s, streams),
         idle_advance_seconds=s.idle_advance_seconds,
         exchange=s.addresses is not None and len(s.addresses.split(",")) > 1,
     )
@@ -150,6 +162,7 @@ def prepare_flow(
     on_source: Callable[[int | None], None] | None = None,
     serve_metrics: bool = True,
     source: Source[RawBatch] | None = None,
+    rebuild_state: bool = False,
 ) -> tuple[Dataflow, int | None]:
     """Everything but running: model, metrics endpoint, source, the wired flow (and the event count if known)."""
     metrics = PipelineMetrics(registry)
@@ -173,12 +186,13 @@ def prepare_flow(
         kind, expected = "custom", None
     if on_source is not None:
         on_source(expected)
+    streams = source.streams() if isinstance(source, HasStreams) else []
     flow = build_flow(
         source,
         sink=StoreSink(store, metrics, clock=clock, retry=s.store_retry()),
         scorer=scorer,
         metrics=metrics,
-        cfg=flow_config(s),
+        cfg=flow_config(s, streams),
         source_kind=kind,
         clock=clock,
         on_batch=on_batch,
@@ -186,12 +200,47 @@ def prepare_flow(
         consent=ConsentFilter(store, refresh_seconds=s.consent_refresh_seconds, clock=clock),
         **kafka_outputs(s),
     )
-    if s.recovery_dir and s.addresses is None:
+    state = s.state_dir()
+    if state is not None and s.addresses is None:
         # single process: create the store on first use. A cluster's recovery partitions are
         # made before its processes start (`--processes` does it; on Kubernetes each pod
         # creates its own part-<ordinal>), since concurrent creation would race.
-        ensure_recovery_dir(s.recovery_dir, 1)
+        check_state(store, state, rebuild=rebuild_state)
+        ensure_recovery_dir(state, 1)
     return flow, expected
+
+
+@runtime_checkable
+class HasStreams(Protocol):
+    """A source that names its event-time streams up front (files, the simulator, Kafka partitions)."""
+
+    def streams(self) -> list[str]: ...
+
+
+def check_state(store: Store, state: Path, *, rebuild: bool) -> None:
+    """Refuse to start from empty state against a store that holds scores; ``rebuild`` starts over on purpose.
+
+    Starting empty there would overwrite good scores with ones computed from part of
+    the history. ``rebuild`` removes the state directory: the given input is replayed
+    from scratch (give it the whole history).
+    """
+    has_state = any(state.glob("part-*.sqlite3"))
+    if rebuild:
+        if has_state:
+            log.warning("--rebuild-state: removing the pipeline state at %s; the input is replayed from scratch", state)
+            shutil.rmtree(state)
+        return
+    if has_state:
+        return
+    rows = store.query("SELECT count() AS n FROM user_scores").to_pylist()
+    n = int(rows[0]["n"]) if rows else 0
+    if n:
+        raise StateError(
+            f"the store already holds {n:,} score rows but there is no pipeline state at {state}: a run from "
+            "empty state would overwrite them with scores of part of the history. Point --recovery-dir at the "
+            "state of the runs that wrote them, or rebuild on purpose with --rebuild-state (replays the given "
+            "input from scratch: give it the whole history)"
+        )
 
 
 def run_pipeline(
@@ -204,6 +253,7 @@ def run_pipeline(
     on_source: Callable[[int | None], None] | None = None,
     serve_metrics: bool = True,
     source: Source[RawBatch] | None = None,
+    rebuild_state: bool = False,
 ) -> RunResult:
     """Run the flow until the source ends (files, simulator) or the process is stopped (Kafka)."""
     registry = registry if registry is not None else CollectorRegistry()
@@ -212,9 +262,10 @@ def run_pipeline(
     try:
         flow, expected = prepare_flow(
             s, registry=registry, store=store, clock=clock, on_batch=on_batch, on_source=on_source,
-            serve_metrics=serve_metrics, source=source,
+            serve_metrics=serve_metrics, source=source, rebuild_state=rebuild_state,
         )  # fmt: skip
-        recovery = RecoveryConfig(str(s.recovery_dir)) if s.recovery_dir else None
+        state = s.state_dir()
+        recovery = RecoveryConfig(str(state)) if state is not None else None
         cluster: dict[str, Any] = {}
         if s.addresses is not None:
             cluster = {"process_id": s.process_id, "addresses": s.addresses.split(",")}

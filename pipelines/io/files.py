@@ -8,10 +8,19 @@ Resume semantics (all sources): the snapshot taken at the end of an epoch is
 the position *after* the last batch emitted; on resume the partition continues
 with the next unread payload, so with the state snapshot of the same epoch
 nothing is lost and nothing is applied twice.
+
+Files are one stream (:data:`FILES_STREAM`): a :class:`FileSource` reads its files in
+the order given, as one Bytewax partition whose resume state records how far each file
+(by its resolved path) was read. The partition's name does not depend on the files, so a
+recovery store written by ``run --input part1.jsonl`` resumes under ``run --input
+part2.jsonl``: part1 is not read again (or is read on from where it stopped), part2 from
+its start, and the event-time frontier continues across the two, exactly as in ``run
+--input part1.jsonl,part2.jsonl``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import time
@@ -97,8 +106,55 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         self._fh.close()
 
 
-class FileSource(FixedPartitionedSource[RawBatch, tuple[int, int]]):
-    """NDJSON file(s), optionally gzip-compressed; one partition per file. Ends at EOF."""
+#: The stream (and the Bytewax partition) of every file input.
+FILES_STREAM = "files"
+#: Resume state of the file stream: resolved path -> (byte offset, lines read) of every file read so far.
+FilesState = dict[str, tuple[int, int]]
+
+
+class _FilesPartition(StatefulSourcePartition[RawBatch, FilesState]):
+    """The files of a :class:`FileSource`, one after another, as one stream."""
+
+    def __init__(
+        self, paths: list[Path], batch_events: int, resume: FilesState | None, clock: Clock, max_line_bytes: int
+    ) -> None:
+        self._paths = paths
+        self._batch = batch_events
+        self._clock = clock
+        self._max_line = max_line_bytes
+        self._state: FilesState = dict(resume or {})
+        self._i = 0
+        self._part: _FilePartition | None = None
+
+    def next_batch(self) -> list[RawBatch]:
+        while self._i < len(self._paths):
+            if self._part is None:
+                key = str(self._paths[self._i].resolve())
+                self._part = _FilePartition(
+                    self._paths[self._i], self._batch, self._state.get(key), self._clock, self._max_line
+                )
+            try:
+                out = self._part.next_batch()
+            except StopIteration:
+                self._state[str(self._paths[self._i].resolve())] = self._part.snapshot()
+                self._part.close()
+                self._part = None
+                self._i += 1
+                continue
+            self._state[str(self._paths[self._i].resolve())] = self._part.snapshot()
+            return [dataclasses.replace(b, stream=FILES_STREAM) for b in out]
+        raise StopIteration()
+
+    def snapshot(self) -> FilesState:
+        return dict(self._state)
+
+    def close(self) -> None:
+        if self._part is not None:
+            self._part.close()
+
+
+class FileSource(FixedPartitionedSource[RawBatch, FilesState]):
+    """NDJSON file(s), optionally gzip-compressed, read in order as one stream. Ends at the last file's end."""
 
     def __init__(
         self,
@@ -117,10 +173,14 @@ class FileSource(FixedPartitionedSource[RawBatch, tuple[int, int]]):
         self._max_line = max_line_bytes
 
     def list_parts(self) -> list[str]:
-        return list(self._paths)
+        return [FILES_STREAM]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: tuple[int, int] | None) -> _FilePartition:
-        return _FilePartition(self._paths[for_part], self._batch, resume_state, self._clock, self._max_line)
+    def streams(self) -> list[str]:
+        """The event-time streams this source feeds (one: the files in order)."""
+        return [FILES_STREAM]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: FilesState | None) -> _FilesPartition:
+        return _FilesPartition(list(self._paths.values()), self._batch, resume_state, self._clock, self._max_line)
 
 
 class _IterPartition(StatefulSourcePartition[RawBatch, int]):
@@ -161,6 +221,10 @@ class IteratorSource(FixedPartitionedSource[RawBatch, int]):
 
     def list_parts(self) -> list[str]:
         return [self._name]
+
+    def streams(self) -> list[str]:
+        """The event-time streams this source feeds (its one partition)."""
+        return [f"{self._name}:0"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _IterPartition:
         return _IterPartition(self._name, self._factory, resume_state or 0, self._clock)

@@ -87,12 +87,27 @@ class PipelineMetrics:
         )
         self.watermark = Gauge(
             "lifecycle_watermark_seconds",
-            "Shard event clock (newest applied event time, unix s)",
+            "Shard event clock: the last closed event-time tick (unix s)",
             ["shard"],
             registry=r,
         )
         self.users_in_state = Gauge("lifecycle_users_in_state", "Users held in shard state", ["shard"], registry=r)
-        self.timer_rows = Counter("lifecycle_silence_timer_rows", "Users re-evaluated by silence timers", registry=r)
+        self.timer_rows = Counter(
+            "lifecycle_silence_timer_rows", "Users re-evaluated by rule timers (days_since_* thresholds)", registry=r
+        )
+        self.refresh_rows = Counter(
+            "lifecycle_refresh_rows", "Users re-evaluated by the event-time refresh (every live user per interval)",
+            registry=r,
+        )  # fmt: skip
+        self.score_staleness = Gauge(
+            "lifecycle_score_staleness_seconds",
+            "Event-time age of live users' scores at the shard clock: the oldest (stat=max) and the 99th percentile",
+            ["shard", "stat"],
+            registry=r,
+        )
+        self.events_held = Gauge(
+            "lifecycle_events_held", "Events read and waiting for their event-time tick to close", ["shard"], registry=r
+        )
         self.transitions = Counter(
             "lifecycle_stage_transitions", "Stage transitions written", ["from_stage", "to_stage"], registry=r
         )

@@ -33,9 +33,8 @@ def streamed_rows(
     proc = ShardProcessor(cfg or ShardConfig())
     for i in range(0, len(ev), batch_events):
         chunk = ev.take(np.arange(i, min(len(ev), i + batch_events)))
-        res = proc.process(chunk, clock_hint_ms=int(chunk.ts_ms.max()))
-        if res.rows is not None and len(res.rows):
-            yield res.rows
+        res = proc.process(chunk)
+        yield from (rows for rows in res.rows if len(rows))
 
 
 def reference_from_events(

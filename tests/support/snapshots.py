@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,12 @@ def snapshot_diff(a: Any, b: Any, path: str = "snap") -> list[str]:
         if a.keys() != b.keys():
             return [f"{path}: keys {sorted(map(str, a.keys() ^ b.keys()))} in one only"]
         return [d for k in a for d in snapshot_diff(a[k], b[k], f"{path}[{k!r}]")]
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):  # held events (EventColumns)
+        return snapshot_diff(
+            {f.name: getattr(a, f.name) for f in dataclasses.fields(a)},
+            {f.name: getattr(b, f.name) for f in dataclasses.fields(b)},
+            path,
+        )
     if isinstance(a, list | tuple):
         if len(a) != len(b):
             return [f"{path}: length {len(a)} != {len(b)}"]

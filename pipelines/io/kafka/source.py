@@ -73,6 +73,7 @@ Delivery and resume semantics (exactly what the code does):
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import threading
 import time
@@ -155,6 +156,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         self._eof_exit = eof_exit
         self._clock = clock
         self._at_end = False
+        self._said_caught_up = False
         self._idle = False
         self._tombstones = 0
         self._lag = lag
@@ -215,6 +217,13 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         if msgs:
             self._hold(msgs)
         batches = self._cut() if self._held_offsets else []
+        if self._at_end and not self._held_offsets and not self._said_caught_up:
+            # nothing more to read for now: tell the flow, so that this partition holds no event-time
+            # tick back while it is idle (pipelines.core.shard); the next record lifts it again
+            batches.append(dataclasses.replace(self._raw_batch([], []), caught_up=True))
+            self._said_caught_up = True
+        elif not self._at_end:
+            self._said_caught_up = False
         if self._lag is not None:
             self._report_lag(self._lag)
         return batches
@@ -495,6 +504,10 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
 
     def list_parts(self) -> list[str]:
         return [f"{self.topic}-{p}" for p in self.partitions()]
+
+    def streams(self) -> list[str]:
+        """The event-time streams this source feeds: one per partition (``topic:partition``)."""
+        return [f"{self.topic}:{p}" for p in self.partitions()]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
         topic, _, num = for_part.rpartition("-")

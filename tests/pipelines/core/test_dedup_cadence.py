@@ -19,11 +19,13 @@ def test_duplicate_event_ids_do_not_change_features() -> None:
     rows = [("a", T0, "order", 20.0), ("a", T0 + 60 * S, "page_view"), ("b", T0, "coupon_claim")]
     clean = ShardProcessor(ShardConfig())
     clean.process(_with_keys(columns(rows), [1, 2, 3]))
+    clean.flush()
     dup = ShardProcessor(ShardConfig())
     r1 = dup.process(_with_keys(columns(rows + rows[:1]), [1, 2, 3, 1]))  # retry inside the batch
     r2 = dup.process(_with_keys(columns(rows[:2]), [1, 2]))  # retries in a later batch
-    assert (r1.duplicates, r2.duplicates) == (1, 2)
-    assert (r1.applied, r2.applied) == (3, 0)
+    r3 = dup.flush()
+    assert sum(r.duplicates for r in (r1, r2, r3)) == 3
+    assert sum(r.applied for r in (r1, r2, r3)) == 3
     now = T0 + D
     for st in (clean.state, dup.state):
         assert st.n == 2
@@ -49,37 +51,50 @@ def test_dedup_snapshot_restores_the_remembered_keys() -> None:
     assert r.first_seen(np.array([6, 8], np.int64), np.array([T0, T0], np.int64)).tolist() == [False, True]
 
 
-def test_a_changed_user_is_scored_at_most_once_per_interval_and_flushed_provisionally_at_the_end() -> None:
-    proc = ShardProcessor(ShardConfig(score_interval_ms=60 * S))
-    scored = 0
+def _tick(t: int, tick: int) -> int:
+    return -((-t) // tick) * tick  # ticks are (end - interval, end]
+
+
+def test_a_changed_user_is_scored_once_per_tick_at_its_end_and_flushed_provisionally() -> None:
+    tick = 60 * S
+    proc = ShardProcessor(ShardConfig(score_interval_ms=tick))
+    rows = []
     for i in range(30):  # a burst: one event every 5 s for 150 s
-        res = proc.process(columns([("a", T0 + i * 5 * S, "live_watch")]))
-        scored += 0 if res.rows is None else len(res.rows)
-    assert scored == 3  # at 0 s, 60 s, 120 s
-    assert proc.pending.tolist() == [0]
+        rows += proc.process(columns([("a", T0 + i * 5 * S, "live_watch")])).rows
+    closed = sorted({_tick(T0 + i * 5 * S, tick) for i in range(30)})[:-1]  # every tick but the open one
+    assert [r.version for r in rows] == closed  # once per tick, as of the tick's end
+    assert all(list(r.user_id) == ["a"] for r in rows)
     final = proc.flush()
-    assert final.rows is not None and list(final.rows.user_id) == ["a"]
-    assert final.rows.version == T0 + 145 * S
-    # provisional: the flush leaves the state as it was (the user is still pending, its score time
-    # not advanced), so a run resumed after a graceful stop scores it as an uninterrupted run would
-    assert final.rows.provisional is not None and final.rows.provisional.tolist() == [True]
-    assert proc.pending.tolist() == [0] and int(proc.state.scored_ms[0]) == T0 + 120 * S
+    (prov,) = final.rows
+    assert list(prov.user_id) == ["a"] and prov.version == _tick(T0 + 145 * S, tick)
+    # provisional: no stage committed (a run resumed after a graceful stop, or the next load, closes the
+    # open tick as an uninterrupted run would) and no transition
+    assert prov.provisional is not None and prov.provisional.tolist() == [True]
+    assert (prov.prev_stage == prov.stage).all()
+    assert int(proc.state.scored_ms[0]) == closed[-1]
     again = proc.flush()
-    assert again.rows is not None and again.rows.version == final.rows.version
-    np.testing.assert_array_equal(again.rows.features, final.rows.features)
+    (prov2,) = again.rows
+    assert prov2.version == prov.version
+    np.testing.assert_array_equal(prov2.features, prov.features)
 
 
-def test_a_stage_change_is_emitted_at_once_whatever_the_cadence() -> None:
-    proc = ShardProcessor(ShardConfig(score_interval_ms=3600 * S))
+def test_a_stage_change_is_emitted_at_the_end_of_its_tick() -> None:
+    tick = 3600 * S
+    proc = ShardProcessor(ShardConfig(score_interval_ms=tick))
     proc.process(columns([("a", T0, "page_view")]))
-    res = proc.process(columns([("a", T0 + 10 * S, "unfollow")]))  # churned, 10 s later
-    assert res.rows is not None and res.rows.stage.tolist() == [4]
+    proc.process(columns([("a", T0 + 10 * S, "unfollow")]))  # churned, 10 s later, in the same tick
+    res = proc.process(columns([("b", T0 + tick, "page_view")]))  # the next tick: the first one closes
+    (rows,) = [r for r in res.rows if "a" in r.user_id]
+    assert rows.version == _tick(T0, tick) and rows.stage.tolist() == [4] and rows.prev_stage.tolist() == [-1]
 
 
 def test_only_rows_changed_by_their_own_events_count_toward_freshness() -> None:
-    proc = ShardProcessor(ShardConfig(score_interval_ms=0))
+    proc = ShardProcessor(ShardConfig())
     proc.process(columns([("silent", T0, "page_view"), ("busy", T0, "page_view")]))
     res = proc.process(columns([("busy", T0 + 20 * D, "page_view")]))  # silent turns dormant by timer
-    assert res.rows is not None
-    by_user = dict(zip(res.rows.user_id.tolist(), res.rows.from_events.tolist(), strict=True))
-    assert by_user == {"busy": True, "silent": False}
+    first = res.rows[0]
+    assert first.from_events.all() and sorted(first.user_id) == ["busy", "silent"]
+    later = [(u, f) for r in res.rows[1:] for u, f in zip(r.user_id.tolist(), r.from_events.tolist(), strict=True)]
+    assert later and not any(f for _, f in later)  # timers and refreshes are not fresh events
+    dormant = [r for r in res.rows if "silent" in r.user_id and (r.stage[list(r.user_id).index("silent")] == 3)]
+    assert dormant and dormant[0].version <= T0 + 14 * D + 3_600_000  # on time: at most one timer bucket late

@@ -64,9 +64,11 @@ def test_silent_user_moves_to_dormant_then_churned_without_new_events() -> None:
     seen: list[tuple[float, str]] = []
     for hour in range(1, 60 * 24):  # the busy user keeps the shard clock moving, hourly
         res = proc.process(columns([("busy", T0 + hour * 3_600_000, "page_view")]))
-        if res.rows is not None and "silent" in res.rows.user_id:
-            i = list(res.rows.user_id).index("silent")
-            seen.append((hour / 24, STAGES[int(res.rows.stage[i])]))
+        for rows in res.rows:
+            if "silent" in rows.user_id:
+                i = list(rows.user_id).index("silent")
+                if rows.prev_stage[i] != rows.stage[i] and rows.prev_stage[i] >= 0:  # a transition
+                    seen.append(((rows.version - T0) / D, STAGES[int(rows.stage[i])]))
     assert [s for _, s in seen] == ["dormant", "churned"]
     # each transition fires within one timer bucket (1 h) after the threshold is crossed
     assert 14 <= seen[0][0] <= 14 + 1 / 24 + 1e-9
@@ -77,26 +79,30 @@ def test_idle_clock_advance_fires_silence_timers() -> None:
     proc = ShardProcessor(ShardConfig(taxonomy=TAXONOMY))
     proc.process(columns([("quiet", T0, "page_view")]))
     res = proc.advance(T0 + 15 * D)
-    assert res.rows is not None
-    assert list(res.rows.user_id) == ["quiet"] and STAGES[int(res.rows.stage[0])] == "dormant"
-    assert proc.advance(T0 + 16 * D).rows is None  # no change, nothing re-emitted
+    last = res.rows[-1]
+    assert list(last.user_id) == ["quiet"] and STAGES[int(last.stage[0])] == "dormant"
+    later = proc.advance(T0 + 16 * D).rows  # at most the daily refresh: no change of stage
+    assert all((r.prev_stage == r.stage).all() for r in later)
 
 
 def test_late_events_are_dead_letters_not_state() -> None:
     proc = ShardProcessor(ShardConfig(taxonomy=TAXONOMY, allowed_lateness_ms=3_600_000))
-    proc.process(columns([("a", T0 + 10 * D, "page_view")]))
+    r0 = proc.process(columns([("a", T0 + 10 * D, "page_view")]))
     res = proc.process(
         columns([("a", T0 + 10 * D - 2 * 3_600_000, "order", 5.0), ("a", T0 + 10 * D - 60_000, "share")])
     )
     assert [r.reason.value for r in res.rejects] == ["late"]
-    assert res.applied == 1
+    assert r0.applied + res.applied + proc.flush().applied == 2  # the first event and the share
     assert int(proc.state.order_count[0]) == 0
 
 
 def test_first_score_of_a_user_reports_no_previous_stage() -> None:
-    res = ShardProcessor(ShardConfig()).process(columns([("a", T0, "page_view")]))
-    assert res.rows is not None and res.rows.prev_stage.tolist() == [-1]
-    assert np.isfinite(res.rows.features).all()
+    proc = ShardProcessor(ShardConfig())
+    proc.process(columns([("a", T0, "page_view")]))
+    res = proc.process(columns([("b", T0 + 3_600_000, "page_view")]))  # closes a's tick
+    first = res.rows[0]
+    assert list(first.user_id) == ["a"] and first.prev_stage.tolist() == [-1]
+    assert np.isfinite(first.features).all()
 
 
 def test_lateness_is_judged_per_input_partition_so_a_lagging_partition_is_not_late() -> None:
@@ -105,10 +111,12 @@ def test_lateness_is_judged_per_input_partition_so_a_lagging_partition_is_not_la
     behind = columns([("b", T0, "page_view")])
     proc.process(dataclasses.replace(ahead, partition=0))
     res = proc.process(dataclasses.replace(behind, partition=1))
-    assert res.rejects == [] and res.applied == 1
+    assert res.rejects == []
+    assert res.applied + proc.flush().applied == 2  # both applied, in their ticks
 
 
 def test_last_event_time_covers_every_event_type() -> None:
-    res = ShardProcessor(ShardConfig()).process(columns([("g", T0, "leave_group"), ("h", T0 + 5, "unfollow")]))
-    assert res.rows is not None
-    assert sorted(res.rows.last_event_ms.tolist()) == [T0, T0 + 5]
+    proc = ShardProcessor(ShardConfig())
+    proc.process(columns([("g", T0, "leave_group"), ("h", T0 + 5, "unfollow")]))
+    (rows,) = proc.flush().rows
+    assert sorted(rows.last_event_ms.tolist()) == [T0, T0 + 5]

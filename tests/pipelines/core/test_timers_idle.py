@@ -1,8 +1,9 @@
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from pipelines.core.shard import ShardConfig, ShardProcessor
-from pipelines.core.timers import SilenceTimers
+from pipelines.contract.time import NEVER
+from pipelines.core.shard import ShardConfig, ShardProcessor, Slice
+from pipelines.core.timers import Timers, refresh_due
 from pipelines.flow.dataflow import FlowConfig, ScoreStep, ShardLogic
 from pipelines.monitoring.metrics import PipelineMetrics
 from pipelines.scoring.scorer import Scorer
@@ -14,10 +15,10 @@ D = 24 * H
 
 
 def test_timers_pop_only_the_rows_that_are_due() -> None:
-    t = SilenceTimers((14 * D,), bucket_ms=H)
+    t = Timers((("last_active_ts", 14 * D),), bucket_ms=H)
     rows = np.arange(100_000, dtype=np.int64)
     last = T0 + (rows % 1000) * H  # spread over ~42 days
-    t.schedule(rows, last)
+    t.schedule(rows, {"last_active_ts": last})
     clock = T0 + 14 * D + 10 * H
     due = t.pop_due(clock)
     due_at = last[due] + 14 * D
@@ -28,11 +29,27 @@ def test_timers_pop_only_the_rows_that_are_due() -> None:
 
 
 def test_timer_snapshot_round_trip_keeps_pending_timers() -> None:
-    t = SilenceTimers((D,), bucket_ms=H)
-    t.schedule(np.array([1, 2], np.int64), np.array([T0, T0 + 5 * H], np.int64))
-    r = SilenceTimers.restore(t.snapshot())
+    t = Timers((("last_active_ts", D),), bucket_ms=H)
+    t.schedule(np.array([1, 2], np.int64), {"last_active_ts": np.array([0, T0, T0 + 5 * H], np.int64)})
+    r = Timers.restore(t.snapshot())
+    assert r.next_due_ms() == -(-(T0 + D) // H) * H
     assert r.pop_due(T0 + D + H).tolist() == [1]
     assert r.pop_due(T0 + D + 6 * H).tolist() == [2]
+
+
+def test_timers_skip_rows_whose_reference_time_never_happened() -> None:
+    t = Timers((("last_order_ts", D),), bucket_ms=H)
+    t.schedule(np.array([0, 1], np.int64), {"last_order_ts": np.array([NEVER, T0], np.int64)})
+    assert t.pending() == 1 and t.pop_due(T0 + 2 * D).tolist() == [1]
+
+
+def test_refresh_phases_are_fixed_by_the_key_and_spread_over_the_interval() -> None:
+    keys = np.arange(24_000, dtype=np.int64) * 7919
+    due = refresh_due(keys, T0, D, H)
+    assert ((due > T0) & (due <= T0 + D)).all()  # the first refresh within one interval
+    assert (refresh_due(keys, int(due.max()), D, H) - due == D).all()  # then one interval apart, same phase
+    per_hour = np.bincount(((due - due.min()) // H).astype(np.int64))
+    assert per_hour.shape[0] == 24 and per_hour.min() > 0.8 * per_hour.mean()  # evenly spread over the day
 
 
 class _Clock:
@@ -49,7 +66,7 @@ def test_an_idle_stream_advances_the_clock_by_wall_time_and_fires_silence() -> N
     metrics = PipelineMetrics(CollectorRegistry())
     score = ScoreStep(Scorer.from_dir(DEFAULT_MODEL, device="cpu"), cfg.shard, metrics, wall)
     logic = ShardLogic("s0", ShardProcessor(cfg.shard), score, metrics, cfg, wall)
-    logic.on_item(("s0", columns([("quiet", T0, "page_view")]), T0))
+    logic.on_item(("s0", Slice.of(columns([("quiet", T0, "page_view")]))))
     first = logic.notify_at()
     assert first is not None and first.timestamp() == T0 / 1000 + 30
     wall.t += 10  # not idle long enough yet
@@ -58,8 +75,10 @@ def test_an_idle_stream_advances_the_clock_by_wall_time_and_fires_silence() -> N
     out, _ = logic.on_notify()
     assert len(out) == 1
     scores = {r.table: r.data.to_pylist() for r in out[0].records}
-    assert [(r["user_id"], r["stage"]) for r in scores["user_scores"]] == [("quiet", "dormant")]
-    assert [(r["from_stage"], r["to_stage"]) for r in scores["stage_transitions"]] == [("growing", "dormant")]
+    assert {r["user_id"] for r in scores["user_scores"]} == {"quiet"}
+    assert scores["user_scores"][-1]["stage"] == "dormant"  # the newest row: dormant, with no event
+    transitions = [(r["from_stage"], r["to_stage"]) for r in scores["stage_transitions"]]
+    assert transitions == [("none", "growing"), ("growing", "dormant")]
 
 
 def test_idle_advance_is_off_by_default_for_replays() -> None:

@@ -76,7 +76,8 @@ def test_erasure_from_recovery_goes_through_shard_processor_round_trip(
 ) -> None:
     s0, s1 = shards["s0"], shards["s1"]
     gone_rows = s0.state.lookup(_keys(GONE))
-    assert (gone_rows >= 0).all() and np.isin(gone_rows, s0.pending).any() and (s0.ledger.current[gone_rows] >= 0).all()
+    held_keys = np.concatenate([p.user_key for parts in s0._held.values() for p in parts])  # noqa: SLF001
+    assert (gone_rows >= 0).all() and np.isin(_keys(GONE), held_keys).any() and (s0.ledger.current[gone_rows] >= 0).all()
     old = {"s0": _logic_snapshot("s0", s0), "s1": _logic_snapshot("s1", s1)}
     # two epochs of s0 in part 0 (both are rewritten), s1 in part 1
     path = _store(tmp_path / "rec", {0: {("s0", 3): old["s0"], ("s0", 4): old["s0"]}, 1: {("s1", 4): old["s1"]}})
@@ -97,7 +98,9 @@ def test_erasure_from_recovery_goes_through_shard_processor_round_trip(
         assert snapshot_diff(expected, snap) == []
         proc = ShardProcessor.restore(cfg, snap)
         assert (proc.state.lookup(_keys(GONE)) == -1).all()  # the state no longer finds them
-        assert not np.isin(gone_rows, proc.pending).any()  # nor are they waiting to be scored
+        held = [p.user_key for parts in proc._held.values() for p in parts]  # noqa: SLF001
+        assert not np.isin(_keys(GONE), np.concatenate(held)).any()  # nor do their events wait for a tick
+        assert not np.isin(gone_rows, proc.touched).any()
         assert (proc.ledger.given[gone_rows] == 0).all() and (proc.ledger.current[gone_rows] == -1).all()
         assert (proc.ledger.rule[gone_rows] == -1).all()
         assert set(proc.state.user_id[: proc.state.n]) == {"keep-1", "keep-2", "keep-3", "keep-4", ""}
@@ -109,8 +112,10 @@ def test_erasure_from_recovery_goes_through_shard_processor_round_trip(
                 assert np.array_equal(a[keep], was["state"][name][keep]), name
         for name in ("given", "current", "rule"):
             assert np.array_equal(snap["ledger"][name][keep], was["ledger"][name][keep]), name
-        assert np.array_equal(snap["pending"], np.setdiff1d(was["pending"], gone_rows))
-        for name in ("timers", "dedup", "partition_clock", "taxonomy", "key"):
+        assert np.array_equal(snap["touched"], np.setdiff1d(was["touched"], gone_rows))
+        kept = [(t, p.user_id.tolist()) for t, p in snap["held"]]
+        assert kept == [(t, [u for u in p.user_id.tolist() if u not in GONE]) for t, p in was["held"]]
+        for name in ("timers", "refresh", "dedup", "frontier", "closed_ms", "taxonomy", "key"):
             assert snapshot_diff(was[name], snap[name]) == [], name
 
 

@@ -145,16 +145,18 @@ def test_a_long_silent_user_is_churned_and_told_so(scorer: Scorer) -> None:
 def test_batch_scores_and_reasons_equal_the_streaming_shard(scorer: Scorer) -> None:
     ev = _ev(_silent_and_busy(days=40))
     proc = ShardProcessor(ShardConfig())
-    res = proc.process(ev)
-    assert res.rows is not None
-    stream = scorer.score(res.rows.features)
-    batch = score_as_of(ev, cutoff_ms=proc.state.clock_ms, scorer=scorer, clock=_fixed_clock).to_pylist()
-    by_user = {r["user_id"]: r for r in batch}
-    for i, uid in enumerate(res.rows.user_id):
-        b = by_user[uid]
-        assert b["churn_risk"] == pytest.approx(float(stream.churn_risk[i]), abs=1e-6)
-        assert b["purchase_propensity"] == pytest.approx(float(stream.purchase_propensity[i]), abs=1e-6)
-        assert b["reasons"] == stream.reasons[i].as_py()
+    closed = proc.process(ev).rows
+    provisional = proc.flush().rows
+    # the last closed tick, and the open tick scored provisionally at the end of the input
+    for rows in (closed[-1], provisional[-1]):
+        stream = scorer.score(rows.features)
+        batch = score_as_of(ev, cutoff_ms=rows.version, scorer=scorer, clock=_fixed_clock).to_pylist()
+        by_user = {r["user_id"]: r for r in batch}
+        for i, uid in enumerate(rows.user_id):
+            b = by_user[uid]
+            assert b["churn_risk"] == pytest.approx(float(stream.churn_risk[i]), abs=1e-6)
+            assert b["purchase_propensity"] == pytest.approx(float(stream.purchase_propensity[i]), abs=1e-6)
+            assert b["reasons"] == stream.reasons[i].as_py()
 
 
 def test_batch_scoring_is_deterministic_on_cpu(scorer: Scorer) -> None:
