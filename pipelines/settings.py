@@ -57,10 +57,16 @@ class Settings(BaseSettings):
     max_future_seconds: int = Field(86_400, ge=0, description="events further ahead of the wall clock are rejected")
     allowed_lateness_seconds: int = Field(6 * 3600, ge=0, description="events older than clock minus this are late")
     score_interval_seconds: float = Field(
-        30.0,
+        3600.0,
         gt=0,
-        description="the event-time tick: a user touched by events is scored once per tick, at its end "
-        "(docs/event-time.md)",
+        description="the event-time tick: users touched by events are evaluated (stage, transitions, playbook "
+        "committed) once per tick, at its end (docs/event-time.md)",
+    )
+    provisional_window_seconds: float = Field(
+        86_400.0,
+        ge=0,
+        description="live freshness: while the stream's event time is within this of the wall clock, users "
+        "touched in the open tick are also scored provisionally at once (0 = off)",
     )
     refresh_seconds: float = Field(
         86_400.0, gt=0, description="every live user is re-evaluated at least once per this much event time"

@@ -123,8 +123,8 @@ class ShardConfig:
     playbook: Playbook = field(default_factory=default_playbook)
     allowed_lateness_ms: int = 6 * 3_600_000
     timer_bucket_ms: int = 3_600_000
-    #: the event-time tick: a touched user is evaluated once per tick, at its end
-    score_interval_ms: int = 30_000
+    #: the event-time tick: a touched user is evaluated (committed) once per tick, at its end
+    score_interval_ms: int = 3_600_000
     #: every live user is re-evaluated at least once per this much event time
     refresh_ms: int = DAY_MS
     #: ... and churned users once per this much
@@ -176,15 +176,21 @@ class ShardProcessor:
         self._held: dict[int, list[EventColumns]] = {}
         self._held_heap: list[int] = []
         self._held_n = 0
-        #: rows whose events were applied by a flush and are not yet evaluated at a closed tick
+        #: rows whose events were applied early (a flush, provisional scoring) and are not yet evaluated at a
+        #: closed tick, and that tick
         self.touched = np.zeros(0, np.int64)
+        self.touched_tick: int = NEVER
 
     # ------------------------------------------------------------------ steps
 
-    def process(self, sl: Slice | EventColumns) -> ShardResult:
+    def process(self, sl: Slice | EventColumns, *, provisional: bool = False) -> ShardResult:
         """Take one slice: reject late events, hold the rest for their ticks, close every tick now complete.
 
-        A bare :class:`EventColumns` is a whole batch of one stream (offline replays, tests).
+        ``provisional`` (live streams): also score, provisionally, the users this slice touched in
+        the still open tick, so their rows are fresh within seconds; the tick's close writes their
+        committed rows after them (same ``version``: the later insert wins). It changes nothing
+        that is committed (stages, transitions, grants). A bare :class:`EventColumns` is a whole
+        batch of one stream (offline replays, tests).
         """
         if isinstance(sl, EventColumns):
             sl = Slice.of(sl)
@@ -206,7 +212,22 @@ class ShardProcessor:
             self.caught_up.discard(sl.stream)
         res = self._close_through(self.watermark())
         res.rejects[:0] = rejects
+        if provisional and self._held_heap:
+            self._provisional(res)
         return res
+
+    def _provisional(self, res: ShardResult) -> None:
+        """Apply the open tick's waiting events now and score the users they touch, provisionally."""
+        t_open = self._held_heap[0]
+        applied = self._apply(self._take_held(t_open))
+        res.rejects += applied.rejects
+        res.applied += applied.applied
+        res.duplicates += applied.duplicates
+        self.touched = np.union1d(self.touched, applied.rows_touched)
+        self.touched_tick = t_open
+        fresh = applied.rows_touched[self.state.user_id[applied.rows_touched] != ""]
+        if fresh.shape[0]:
+            res.rows.append(self._rows(fresh, t_open, from_events=fresh, commit=False, read_at_ms=0))
 
     def watermark(self) -> int:
         """Ticks up to here are complete: the oldest frontier of the streams that may still send events."""
@@ -240,9 +261,10 @@ class ShardProcessor:
             res.duplicates += more.duplicates
             self.touched = np.union1d(self.touched, more.rows_touched)
         if self.touched.shape[0]:
+            self.touched_tick = t_open if self.touched_tick == NEVER else min(self.touched_tick, t_open)
             live = self.touched[self.state.user_id[self.touched] != ""]
             if live.shape[0]:
-                rows = self._rows(live, t_open, from_events=live, commit=False, read_at_ms=0)
+                rows = self._rows(live, self.touched_tick, from_events=live, commit=False, read_at_ms=0)
                 res.rows.append(rows)
         return res
 
@@ -289,6 +311,8 @@ class ShardProcessor:
         due = [self._tick_of(t) for t in cands]  # the first tick boundary at or after the due time
         if self._held_heap:
             due.append(self._held_heap[0])
+        if self.touched.shape[0]:
+            due.append(self.touched_tick)
         return min(due) if due else None
 
     def _close_through(self, watermark: int) -> ShardResult:
@@ -312,9 +336,10 @@ class ShardProcessor:
         res.applied += applied.applied
         res.duplicates += applied.duplicates
         touched = applied.rows_touched
-        if self.touched.shape[0]:
+        if self.touched.shape[0] and t >= self.touched_tick:
             touched = np.union1d(touched, self.touched)
             self.touched = np.zeros(0, np.int64)
+            self.touched_tick = NEVER
         st.clock_ms = max(st.clock_ms, t)
         self.timers.schedule(touched, st.ts)
         due = self.timers.pop_due(t)
@@ -413,6 +438,8 @@ class ShardProcessor:
         gone = rows[rows >= 0]
         if gone.shape[0] and self.touched.shape[0]:
             self.touched = self.touched[~np.isin(self.touched, gone)]
+            if not self.touched.shape[0]:
+                self.touched_tick = NEVER
         for t, parts in self._held.items():
             kept = [p.take(~np.isin(p.user_key, keys)) for p in parts]
             self._held_n -= sum(len(p) for p in parts) - sum(len(p) for p in kept)
@@ -433,6 +460,7 @@ class ShardProcessor:
             "closed_ms": self.closed_ms,
             "held": held,
             "touched": self.touched.copy(),
+            "touched_tick": self.touched_tick,
             "dedup": self.dedup.snapshot(),
             "taxonomy": self.cfg.taxonomy.fingerprint,
             "ledger": self.ledger.snapshot(self.state.n),
@@ -460,6 +488,7 @@ class ShardProcessor:
         for t, part in snap["held"]:
             proc._hold_at(int(t), part)
         proc.touched = np.asarray(snap["touched"], np.int64)
+        proc.touched_tick = int(snap["touched_tick"])
         # snapshots from before taxonomies were configurable hold codes of the default one
         if snap.get("taxonomy", default_taxonomy().fingerprint) != cfg.taxonomy.fingerprint:
             proc.relabel()

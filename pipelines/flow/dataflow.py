@@ -56,6 +56,9 @@ class FlowConfig:
     #: Advance a shard's clock by wall time when it saw no events for this long (0 = never).
     #: Right for live streams, wrong for replays of history (their clock is not the wall clock).
     idle_advance_seconds: float = 0.0
+    #: live freshness: while event time is within this of the wall clock, the open tick's touched users are
+    #: also scored provisionally at once (their committed rows follow at the tick's end); 0 = off
+    provisional_window_seconds: float = 0.0
     #: several processes: sub-batches cross process boundaries, so each must carry only
     #: its own raw payloads (not a reference to the whole batch) when pickled
     exchange: bool = False
@@ -132,8 +135,12 @@ class ShardLogic(StatefulLogic[tuple[str, Slice], ShardOutput, dict[str, Any]]):
 
     def on_item(self, value: tuple[str, Slice]) -> tuple[Iterable[ShardOutput], bool]:
         self.key, sl = value
-        res = self.proc.process(sl)
-        self._last_item_wall = self.clock()
+        now = self.clock()
+        window = self.cfg.provisional_window_seconds
+        # live: the stream's event time is near the wall clock, so fresh rows are worth a provisional score
+        live = window > 0 and sl.batch_max != NEVER and now * 1000 - sl.batch_max <= window * 1000
+        res = self.proc.process(sl, provisional=live)
+        self._last_item_wall = now
         return [self._finish(res)], StatefulLogic.RETAIN
 
     def _finish(self, res: ShardResult) -> ShardOutput:

@@ -174,21 +174,22 @@ def test_cooldowns_and_caps_survive_a_restart_through_the_shard_snapshot(tmp_pat
     score = ScoreStep(Scorer.from_dir(DEFAULT_MODEL, device="cpu"), cfg, metrics, lambda: T0 / 1000)
 
     def actions(logic: ShardLogic, evs: list[tuple]) -> dict[str, tuple[str, str]]:
-        # an event of another user a minute later closes the events' ticks (docs/event-time.md)
-        clock = ("zz-clock", max(e[1] for e in evs) + 60_000, "page_view")
+        # an event of another user one tick later closes the events' ticks (docs/event-time.md)
+        clock = ("zz-clock", max(e[1] for e in evs) + cfg.score_interval_ms, "page_view")
         (out,), _ = logic.on_item(("s0", Slice.of(columns([*evs, clock]))))
         rows = [r for rec in out.records if rec.table == "user_scores" for r in rec.data.to_pylist()]
         users = {e[0] for e in evs}
         return {r["user_id"]: (r["action"], r["action_rule"]) for r in rows if r["user_id"] in users}
 
     logic = ShardLogic("s0", ShardProcessor(cfg), score, metrics, fcfg, lambda: T0 / 1000)
-    got = actions(logic, [("a", T0, "register")])
+    # a at T0 - H and b at T0: ticks ending at 22:00 and 23:00 in UTC+8 (T0 is 14:13Z), one operating day
+    got = actions(logic, [("a", T0 - H, "register")])
     assert got == {"a": ("welcome", "welcome-new")}
     # restart: the snapshot goes through pickle as Bytewax stores it
     snap = pickle.loads(pickle.dumps(logic.snapshot()))
     logic = ShardLogic("s0", ShardProcessor.restore(cfg, snap), score, metrics, fcfg, lambda: T0 / 1000)
     # same operating day: the cap (1) is used up, so b gets no welcome
-    got = actions(logic, [("b", T0 + H, "register")])
+    got = actions(logic, [("b", T0, "register")])
     assert got == {"b": ("none", "")}
     # a flaps: unfollow (churned), then follow again (new) 3 days later: inside welcome's 30-day cooldown
     actions(logic, [("a", T0 + D, "unfollow")])
@@ -199,7 +200,7 @@ def test_cooldowns_and_caps_survive_a_restart_through_the_shard_snapshot(tmp_pat
     ledger = logic.proc.ledger
     row = int(logic.proc.state.lookup(columns([("a", 0, "page_view")]).user_key)[0])
     tick = cfg.score_interval_ms
-    t0 = -((-T0) // tick) * tick  # the end of T0's tick: when the grant was decided
+    t0 = -((-(T0 - H)) // tick) * tick  # the end of a's tick: when the grant was decided
     assert ledger.given[row, 0] == t0 // 1000 and ledger.at_ms(np.array([row]))[0] == t0  # ...granted once
     # after the cooldown it is granted again
     got = actions(logic, [("a", T0 + 31 * D, "unfollow"), ("a", T0 + 31 * D + H, "follow")])
