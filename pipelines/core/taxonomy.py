@@ -251,19 +251,19 @@ def parse_taxonomy(doc: Located) -> Taxonomy:
     silence: set[tuple[float, bool]] = set()
     timed: set[tuple[str, int]] = set()
     day_ms = 86_400_000
-    located = [(("stages", c, "when"), r) for c, r in enumerate(rules)]
+    located: list[tuple[tuple[str | int, ...], Condition]] = [(("stages", c, "when"), r) for c, r in enumerate(rules)]
     located += [(("tiers", i, "when"), r) for i, r in enumerate(tier_rules)] + [(("at_risk",), at_risk)]
-    for at, rule in located:
+    for where, rule in located:
         for var, op, const in rule.thresholds:
             if var not in TIMED_FEATURES:
                 continue
             if const <= 0:
-                raise doc.error(at, f"{var} threshold must be positive, got {const}")
+                raise doc.error(where, f"{var} threshold must be positive, got {const}")
             strict = op in (">", "<=")  # x > c / x <= c change answer just after c
             # a strict threshold (x > c) changes its answer just after c; features hold days as float32 (a
             # resolution of seconds at a year), so its timer fires one minute after c, where it is surely past c
             timed.add((TIMED_FEATURES[var], int(round(const * day_ms)) + (STRICT_DELAY_MS if strict else 0)))
-            if var == "days_since_active" and at[0] == "stages":
+            if var == "days_since_active" and where[0] == "stages":
                 silence.add((const, strict))
     silence_ms = sorted({int(round(c * day_ms)) + (STRICT_DELAY_MS if strict else 0) for c, strict in silence})
     text = doc.path.read_bytes()

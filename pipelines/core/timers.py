@@ -110,7 +110,8 @@ class Timers:
 
     @classmethod
     def restore(cls, snap: dict[str, Any]) -> Timers:
-        t = cls(tuple(tuple(s) for s in snap.get("specs", ())), int(snap["bucket_ms"]))  # type: ignore[misc]
+        specs = tuple((str(c), int(ms)) for c, ms in snap.get("specs", ()))
+        t = cls(specs, int(snap["bucket_ms"]))
         t._fired_through = int(snap["fired_through"])
         t._buckets = {int(b): [a] for b, a in snap["buckets"].items()}
         t._heap = sorted(t._buckets)
