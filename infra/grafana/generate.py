@@ -289,7 +289,15 @@ def pipeline_health() -> Board:
             prom(f"time() - max by (shard) (lifecycle_watermark_seconds{{{SEL}}})", "{{shard}}"),
         ],
         unit="s",
-        description="Wall clock minus each shard's event-time clock. Large while replaying history.",
+        description="Wall clock minus each shard's last closed event-time tick. Large while replaying history.",
+    )
+    b.add(
+        "timeseries",
+        "Events waiting for their tick",
+        [prom(f"sum by (shard) (lifecycle_events_held{{{SEL}}})", "{{shard}}")],
+        unit="short",
+        description="Events read but not yet applied: their event-time tick is still open (docs/event-time.md). "
+        "About one tick of events per stream; more when partitions drift apart in event time.",
     )
 
     b.row("Latency and freshness")
@@ -304,6 +312,18 @@ def pipeline_health() -> Board:
         "Pipeline latency (batch read → scores written)",
         _quantile_targets("lifecycle_pipeline_latency_seconds"),
         unit="s",
+    )
+    b.add(
+        "timeseries",
+        "Score staleness in event time (oldest live user, p99)",
+        [
+            prom(f'max(lifecycle_score_staleness_seconds{{{SEL}, stat="max"}})', "oldest", ref="A"),
+            prom(f'max(lifecycle_score_staleness_seconds{{{SEL}, stat="p99"}})', "p99", ref="B"),
+        ],
+        unit="s",
+        description="Event-time age of live users' scores at the shard clock. The refresh keeps it under "
+        "LIFECYCLE_REFRESH_SECONDS (churned users: LIFECYCLE_REFRESH_CHURNED_SECONDS); alert "
+        "LifecycleScoresStale at twice the refresh interval.",
     )
     b.add(
         "timeseries",
@@ -326,7 +346,8 @@ def pipeline_health() -> Board:
         "Rows scored /s",
         [
             prom(f"sum(rate(lifecycle_rows_scored_total{{{SEL}}}[{RI}]))", "scored", ref="A"),
-            prom(f"sum(rate(lifecycle_silence_timer_rows_total{{{SEL}}}[{RI}]))", "silence timers", ref="B"),
+            prom(f"sum(rate(lifecycle_silence_timer_rows_total{{{SEL}}}[{RI}]))", "rule timers", ref="B"),
+            prom(f"sum(rate(lifecycle_refresh_rows_total{{{SEL}}}[{RI}]))", "refresh", ref="D"),
             prom(f"sum(rate(lifecycle_nonfinite_feature_rows_total{{{SEL}}}[{RI}]))", "non-finite features", ref="C"),
         ],
         unit="ops",

@@ -520,9 +520,16 @@ class ShardProcessor:
         return int(scored.shape[0])
 
     def staleness_ms(self) -> tuple[int, int]:
-        """Event-time age of live users' last scores at the last closed tick: (oldest, 99th percentile)."""
+        """Event-time age of live users' last scores at the last closed tick: (oldest, 99th percentile).
+
+        Churned users are left out: they refresh on their own, longer interval.
+        """
         st = self.state
-        scored = st.scored_ms[: st.n][(st.user_id[: st.n] != "") & (st.scored_ms[: st.n] != NEVER)]
+        live = (st.user_id[: st.n] != "") & (st.scored_ms[: st.n] != NEVER)
+        churned = self._churned_code()
+        if churned is not None:
+            live &= st.stage[: st.n] != churned
+        scored = st.scored_ms[: st.n][live]
         if scored.shape[0] == 0 or self.closed_ms == NEVER:
             return 0, 0
         age = self.closed_ms - scored
