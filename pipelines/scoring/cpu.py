@@ -26,8 +26,11 @@ from pipelines.scoring.fused import (
 log = logging.getLogger(__name__)
 
 
-#: CPU tile: activations of a tile stay in L2 (2048 x (71 + 128 + 64) floats ~ 2 MB shared by two layers)
-CPU_TILE_ROWS = 2048
+#: CPU tile: every tile has exactly this many rows (the last one zero-padded). A matmul's rounding depends
+#: on its shape, so scoring each row in a tile of one fixed shape makes its score independent of which
+#: batch, and where in it, the row came: results are a function of the events, not of batch sizes.
+#: 512 x (71 + 128 + 64) floats (~0.5 MB) stay in L2.
+CPU_TILE_ROWS = 512
 
 
 class CpuEngine:
@@ -62,20 +65,30 @@ class CpuEngine:
         p, a, _ = fused_forward(self.weights, x, attributions=reasons, sanitize=False)
         return p, top_positive(a, self.k) if a is not None else None, bad
 
+    def _fixed(self, x: torch.Tensor, reasons: bool) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """One tile of exactly ``tile_rows`` rows (zero-padded): the same shape, so the same rounding, always."""
+        n = x.shape[0]
+        if n == self.tile_rows:
+            return self._tile(x, reasons)
+        pad = torch.zeros((self.tile_rows, x.shape[1]), dtype=x.dtype)
+        pad[:n] = x
+        p, tp, bad = self._tile(pad, reasons)
+        return p[:n], tp[:n] if tp is not None else None, bad
+
     def run(self, x: F32, bounds: Sequence[tuple[int, int]], *, reasons: bool) -> Iterator[tuple[int, int, RawScores]]:
         xt = torch.from_numpy(x)
         for a, b in bounds:
             t0 = time.monotonic()
             with torch.inference_mode():
                 if b - a <= self.tile_rows:  # the common case, without the bookkeeping of tiles
-                    p, tp, bad = self._tile(xt[a:b], reasons)
+                    p, tp, bad = self._fixed(xt[a:b], reasons)
                     raw = RawScores(p.numpy(), tp.numpy() if tp is not None else None, bad, t0, 0.0)
                 else:
                     probs = np.empty((b - a, 2), np.float32)
                     top = np.empty((b - a, self.k), np.int16) if reasons else None
                     bad = 0
                     for i, j in chunk_bounds(b - a, self.tile_rows):
-                        p, tp, nb = self._tile(xt[a + i : a + j], reasons)
+                        p, tp, nb = self._fixed(xt[a + i : a + j], reasons)
                         probs[i:j] = p.numpy()
                         if top is not None and tp is not None:
                             top[i:j] = tp.numpy()

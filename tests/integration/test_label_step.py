@@ -10,9 +10,9 @@ column, every value. What differs is stated and checked, never skipped:
   :mod:`pipelines.offline.rescore`), and it carries the stream's action columns over;
 * offline scoring decides no playbook actions: its action columns are null.
 
-Probabilities are compared to a few float32 ulps: the model's matmul kernels round a row by
-one ulp differently depending on the shape and position of the batch it is scored in (the
-stream scores micro-batches, ``score`` all users at once). Everything else is exact.
+Everything is compared exactly, probabilities too: the CPU engine scores every row in a tile of
+one fixed shape, so a row's rounding does not depend on the batch it came in
+(:data:`pipelines.scoring.cpu.CPU_TILE_ROWS`).
 """
 
 from __future__ import annotations
@@ -43,13 +43,6 @@ STORE_ONLY = ("is_deleted",)
 
 def _user_scores(store: ChdbStore) -> pa.Table:
     return store.query("SELECT * FROM user_scores FINAL ORDER BY user_id")
-
-
-PROBABILITIES = ("churn_risk", "purchase_propensity")
-
-
-def _comparable(row: dict) -> dict:
-    return {c: pytest.approx(v, rel=1e-6, abs=1e-7) if c in PROBABILITIES else v for c, v in row.items()}
 
 
 def _rows(table: pa.Table, users: set[str]) -> dict[str, dict]:
@@ -112,7 +105,7 @@ def test_score_as_of_gives_the_streams_rows_for_the_same_users_and_instant(three
         got = offline[uid]
         assert all(got[c] is None for c in ACTION_COLUMNS), got  # nothing is decided offline
         same = {c: got[c] for c in got if c not in WALL_CLOCK and c not in ACTION_COLUMNS}
-        assert same == _comparable({c: want[c] for c in same}), uid
+        assert same == {c: want[c] for c in same}, uid
 
 
 def test_rescore_as_of_the_final_clock_gives_the_streams_rows_and_keeps_its_actions(three_ways: dict) -> None:
@@ -123,4 +116,4 @@ def test_rescore_as_of_the_final_clock_gives_the_streams_rows_and_keeps_its_acti
         got = rescored[uid]
         assert got["version"] == three_ways["V"] + 1  # outranks the stream's row (the version rule)
         same = {c: got[c] for c in want if c not in (*WALL_CLOCK, "version")}
-        assert same == _comparable({c: want[c] for c in same}), uid
+        assert same == {c: want[c] for c in same}, uid

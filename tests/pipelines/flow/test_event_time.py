@@ -1,0 +1,115 @@
+"""Results are a function of the events: batch sizes, partition splits and interleavings change nothing.
+
+The real dataflow runs in process (no engine); ``final_tables`` reads its rows as FINAL would. One
+simulated history is cut into random batches, split into one or two keyed partitions (as a producer
+keyed by user id would), and the partitions' batches interleaved at random: ``user_scores``,
+``stage_transitions`` and the playbook's grants must be identical every time.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import polars as pl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipelines.contract.ids import hash_strings
+from pipelines.contract.time import DAY_MS
+from pipelines.core.shard import ShardConfig
+from pipelines.offline.simulate import SimConfig, simulate
+from tests.support.memflow import final_tables, lines_of, run, stream_batches
+
+TICK_MS = 3_600_000
+
+
+@lru_cache(maxsize=1)
+def history() -> tuple[list[bytes], list[str]]:
+    events = simulate(SimConfig(users=80, days=12, seed=21)).events
+    return lines_of(events), events["user_id"].to_list()
+
+
+def _config(partitions: int) -> ShardConfig:
+    return ShardConfig(streams=tuple(f"mem:{p}" for p in range(partitions)))
+
+
+def _partitioned(cuts: list[int], partitions: int, order: list[int]) -> list:  # noqa: ANN401
+    lines, users = history()
+    part = hash_strings(np.asarray(users, dtype=object)).view(np.uint64) % np.uint64(partitions)
+    streams = [
+        stream_batches([ln for ln, q in zip(lines, part, strict=True) if q == p], cuts, partition=p)
+        for p in range(partitions)
+    ]
+    # interleave the partitions' batches in the order drawn (each partition keeps its own order)
+    out, pos = [], [0] * partitions
+    for k in order:
+        p = k % partitions
+        if pos[p] < len(streams[p]):
+            out.append(streams[p][pos[p]])
+            pos[p] += 1
+    for p in range(partitions):
+        out += streams[p][pos[p] :]
+    return out
+
+
+@lru_cache(maxsize=1)
+def reference() -> dict[str, pl.DataFrame]:
+    lines, _ = history()
+    return final_tables(run(stream_batches(lines, [len(lines)]), shard=_config(1)))
+
+
+def _same(got: dict[str, pl.DataFrame], want: dict[str, pl.DataFrame]) -> None:
+    for table in ("user_scores", "stage_transitions"):
+        assert got[table].height == want[table].height, table
+        assert got[table].equals(want[table]), table
+
+
+def test_the_reference_run_has_transitions_refreshes_and_actions() -> None:
+    ref = reference()
+    scores, transitions = ref["user_scores"], ref["stage_transitions"]
+    assert scores.height == len(set(history()[1]))
+    assert transitions.height > scores.height  # every user's first transition, and moves after it
+    assert (transitions["from_stage"] == "none").sum() == scores.height  # one first transition per user
+    assert scores["action"].is_in(["none"]).not_().any()  # the playbook granted something
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cuts=st.lists(st.integers(min_value=7, max_value=700), min_size=1, max_size=6),
+    partitions=st.sampled_from([1, 2]),
+    order=st.lists(st.integers(min_value=0, max_value=1), min_size=0, max_size=40),
+)
+def test_random_batch_cuts_and_partition_splits_give_identical_final_tables(
+    cuts: list[int], partitions: int, order: list[int]
+) -> None:
+    got = final_tables(run(_partitioned(cuts, partitions, order), shard=_config(partitions)))
+    _same(got, reference())
+
+
+def test_shard_count_does_not_change_results() -> None:
+    lines, _ = history()
+    got = final_tables(run(stream_batches(lines, [333]), shard=_config(1), shards=5))
+    _same(got, reference())
+
+
+def test_a_silent_users_risk_is_refreshed_every_day_without_events() -> None:
+    lines, _ = history()
+    records = run(stream_batches(lines, [500]), shard=_config(1))
+    rows = pl.concat(
+        [pl.from_arrow(r.data) for r in records if r.table == "user_scores"], how="vertical_relaxed"
+    )
+    assert isinstance(rows, pl.DataFrame)
+    last = rows.sort("version").group_by("user_id").agg(pl.col("last_event_at").last(), pl.col("stage").last())
+    newest = int(rows["version"].max())
+    # users silent for the last 5+ days, not churned (those refresh weekly), still get one row per day
+    silent = last.filter(
+        (pl.col("last_event_at").dt.epoch("ms") < newest - 5 * DAY_MS) & (pl.col("stage") != "churned")
+    )["user_id"].to_list()
+    assert silent
+    for uid in silent[:10]:
+        versions = sorted(rows.filter(pl.col("user_id") == uid)["version"].to_list())
+        tail = [v for v in versions if v > newest - 4 * DAY_MS]
+        assert len(tail) >= 3, (uid, tail)
+        gaps = np.diff(tail)
+        assert (gaps <= DAY_MS + TICK_MS).all(), (uid, gaps)
