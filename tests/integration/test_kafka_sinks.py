@@ -117,9 +117,9 @@ def _transition_records() -> list[Records]:
     out: list[Records] = []
     for i, lines in enumerate(iter_ndjson_batches(sim.events, 5000)):
         raw = RawBatch("events", 0, np.arange(i * 5000, i * 5000 + len(lines), dtype=np.int64), lines)
-        for key, (_, ev, clock) in split_by_shard(decode_batch(raw, now_ms=NOW_MS).events, 2):
+        for key, (_, sl) in split_by_shard(decode_batch(raw, now_ms=NOW_MS), 2):
             proc = procs.setdefault(key, ShardProcessor(cfg))
-            out += score(proc.process(ev, clock_hint_ms=clock), proc, int(key[1:]), 2)
+            out += score(proc.process(sl), proc, int(key[1:]), 2)
     for key, proc in procs.items():
         out += score(proc.flush(), proc, int(key[1:]), 2)
     return out

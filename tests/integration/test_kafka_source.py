@@ -32,15 +32,22 @@ def _index_key(line: bytes) -> bytes:
 
 
 def _drain(part, *, timeout_s: float = 15.0) -> list[RawBatch]:
-    """next_batch until StopIteration (eof_exit sources), honouring next_awake like Bytewax would."""
+    """next_batch until StopIteration (eof_exit sources), honouring next_awake like Bytewax would.
+
+    The caught-up marker (an empty batch that tells the flow the partition holds no tick back) is
+    checked and left out: every returned batch carries records.
+    """
     out: list[RawBatch] = []
     deadline = time.monotonic() + timeout_s
     while True:
         assert time.monotonic() < deadline, "partition did not reach its end in time"
         try:
-            out.extend(part.next_batch())
+            got = part.next_batch()
         except StopIteration:
             return out
+        for b in got:
+            assert b.caught_up == (len(b.payloads) == 0), b
+        out.extend(b for b in got if not b.caught_up)
         awake = part.next_awake()
         if awake is not None:
             time.sleep(max(0.0, awake.timestamp() - time.time()))

@@ -113,10 +113,13 @@ def test_state_erase_forgets_a_user_and_a_later_event_starts_afresh() -> None:
     from pipelines.core.shard import ShardConfig, ShardProcessor
     from tests.support.events import T0, columns
 
-    proc = ShardProcessor(ShardConfig(score_interval_ms=0))
+    proc = ShardProcessor(ShardConfig())
     proc.process(columns([("gone", T0, "order", 50.0), ("stay", T0, "page_view")]))
+    proc.process(columns([("stay", T0 + 3_600_000, "page_view")]))  # closes the first tick: both scored
     assert proc.erase(columns([("gone", T0, "page_view")]).user_key) == 1
-    res = proc.process(columns([("stay", T0 + 20 * 86_400_000, "page_view")]))  # gone's dormancy timer fires
-    assert res.rows is not None and "gone" not in res.rows.user_id.tolist()
-    res = proc.process(columns([("gone", T0 + 21 * 86_400_000, "page_view")]))
-    assert res.rows is not None and res.rows.prev_stage.tolist() == [-1]  # a new user, no history
+    res = proc.process(columns([("stay", T0 + 20 * 86_400_000, "page_view")]))  # gone's dormancy timer is due
+    assert res.rows and all("gone" not in r.user_id.tolist() for r in res.rows)
+    proc.process(columns([("gone", T0 + 21 * 86_400_000, "page_view")]))
+    res = proc.process(columns([("stay", T0 + 22 * 86_400_000, "page_view")]))
+    (first,) = [r for r in res.rows if "gone" in r.user_id.tolist()][:1]
+    assert first.prev_stage[first.user_id.tolist().index("gone")] == -1  # a new user, no history
