@@ -255,16 +255,18 @@ def pipeline_health() -> Board:
         [
             prom(
                 f"sum by (instance) (lifecycle_events_in_total{{{SEL}}})"
+                f" + sum by (instance) (lifecycle_events_resumed_total{{{SEL}}})"
                 f" - sum by (instance) (lifecycle_events_applied_total{{{SEL}}})"
                 f" - sum by (instance) (lifecycle_events_duplicate_total{{{SEL}}})"
                 f" - sum by (instance) (lifecycle_events_opted_out_total{{{SEL}}})"
-                f" - sum by (instance) (lifecycle_events_rejected_total{{{SEL}}})",
-                "{{instance}}: in - applied - duplicate - opted out - rejected",
+                f" - sum by (instance) (lifecycle_events_rejected_total{{{SEL}}})"
+                f" - sum by (instance) (lifecycle_events_held{{{SEL}}})",
+                "{{instance}}: in + resumed - applied - duplicate - opted out - rejected - held",
             )
         ],
-        description="Events read but neither applied, dropped (duplicates, opt-outs) nor dead-lettered, since process "
-        "start: "
-        "0 whenever no batch is in flight. Anything else lost events.",
+        description="Events read (or restored with the state) but neither applied, dropped (duplicates, opt-outs), "
+        "dead-lettered nor waiting for their tick, since process start: 0 whenever no batch is in flight. Anything "
+        "else lost events.",
     )
     b.add(
         "timeseries",

@@ -322,7 +322,9 @@ def build_flow(
 
     def build_logic(resume: dict[str, Any] | None) -> ShardLogic:
         if resume:
-            return ShardLogic(resume["key"], ShardProcessor.restore(cfg.shard, resume), score, metrics, cfg, clock)
+            proc = ShardProcessor.restore(cfg.shard, resume)
+            metrics.events_resumed.inc(proc.held_events())  # read by the run that snapshotted them
+            return ShardLogic(resume["key"], proc, score, metrics, cfg, clock)
         return ShardLogic("", ShardProcessor(cfg.shard), score, metrics, cfg, clock)
 
     processed = op.stateful(STATE_STEP, keyed, build_logic)

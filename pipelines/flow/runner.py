@@ -62,6 +62,8 @@ class RunResult:
     expected_events: int | None
     #: new actions granted by the playbook during the run, by action
     actions_granted: dict[str, int] = field(default_factory=dict)
+    #: events read by an earlier run, restored with the state and applied in this one
+    events_resumed: int = 0
 
 
 class StateError(RuntimeError):
@@ -286,6 +288,7 @@ def run_pipeline(
         rows_written=_by_label(registry, "lifecycle_rows_written_total", "table"),
         expected_events=expected,
         actions_granted=_by_label(registry, "lifecycle_actions_total", "action"),
+        events_resumed=int(_total(registry, "lifecycle_events_resumed_total")),
     )
 
 

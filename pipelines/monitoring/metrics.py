@@ -105,6 +105,12 @@ class PipelineMetrics:
             ["shard", "stat"],
             registry=r,
         )
+        self.events_resumed = Counter(
+            "lifecycle_events_resumed",
+            "Events read by an earlier run and restored with the state, waiting for their tick (they count as read "
+            "there, and as applied here)",
+            registry=r,
+        )
         self.events_held = Gauge(
             "lifecycle_events_held", "Events read and waiting for their event-time tick to close", ["shard"], registry=r
         )
