@@ -25,7 +25,7 @@ ifeq ($(KAFKA),1)
 		--partitions $${DEMO_PARTITIONS:-2} --store $${DEMO_STORE:-chdb://./data/lifecycle.chdb}
 else
 	$(BIN)/lifecycle run --input simulate --sim-users $${DEMO_USERS:-50000} --sim-days $${DEMO_DAYS:-30} \
-		--store $${DEMO_STORE:-chdb://./data/lifecycle.chdb} --progress --summary
+		--store $${DEMO_STORE:-chdb://./data/lifecycle.chdb} --progress --summary --rebuild-state
 endif
 
 test: $(STAMP)
@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.sink
 	$(BIN)/python -m bench.kafka
 	$(BIN)/python -m bench.scoring --device cpu
+	$(BIN)/python -m bench.event_time
 
 # Randomized faults (kill -9, SIGTERM, broker restart) against a live Kafka run for SOAK_SECONDS (default 600),
 # checked against an uninterrupted reference run; prints a JSON summary. Not part of `make test`.

@@ -59,7 +59,7 @@ def run_kafka_demo(
             dead_letter_topic=outputs["dead_letter_topic"],
             transitions_topic=outputs["transitions_topic"],
         )
-        result = run_pipeline(settings)
+        result = run_pipeline(settings, rebuild_state=True)  # a demo: start over whatever ran before
         console = Console()
         db = open_migrated_store(settings)
         try:

@@ -482,7 +482,9 @@ class ShardProcessor:
         led = snap.get("ledger")
         ledger = ActionLedger.restore(led, pb.action_names, pb.rule_ids()) if led is not None else None
         proc = cls(cfg, st, Timers.restore(snap["timers"]), Deduplicator.restore(snap["dedup"]), ledger)
-        proc.frontier.update({str(k): int(v) for k, v in snap["frontier"].items()})
+        # streams of an earlier input that this one does not feed can send nothing more: they hold no tick back
+        kept = {str(k): int(v) for k, v in snap["frontier"].items() if not cfg.streams or k in cfg.streams}
+        proc.frontier.update(kept)
         proc.caught_up = set(snap["caught_up"])
         proc.closed_ms = int(snap["closed_ms"])
         for t, part in snap["held"]:

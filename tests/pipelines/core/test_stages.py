@@ -120,3 +120,19 @@ def test_last_event_time_covers_every_event_type() -> None:
     proc.process(columns([("g", T0, "leave_group"), ("h", T0 + 5, "unfollow")]))
     (rows,) = proc.flush().rows
     assert sorted(rows.last_event_ms.tolist()) == [T0, T0 + 5]
+
+
+def test_new_ends_on_time_with_no_event_on_the_acquisition_timer() -> None:
+    proc = ShardProcessor(ShardConfig(taxonomy=TAXONOMY))
+    proc.process(columns([("joiner", T0, "register")]))
+    moves: list[tuple[int, str, str]] = []
+    for half_day in range(1, 2 * 20):  # the joiner stays active (every 12 h, off the hour) but never orders
+        res = proc.process(columns([("joiner", T0 + half_day * D // 2 + 1_800_000, "page_view")]))
+        for rows in res.rows:
+            for uid, prev, stage in zip(rows.user_id, rows.prev_stage, rows.stage, strict=True):
+                if uid == "joiner" and prev != stage:
+                    moves.append((rows.version, STAGES[prev] if prev >= 0 else "none", STAGES[stage]))
+    assert [(a, b) for _, a, b in moves] == [("none", "new"), ("new", "growing")]
+    # new_days = 14: the acquisition timer ends "new" on time, at most one timer bucket late, not at the next
+    # event (12 h apart) nor the next refresh
+    assert T0 + 14 * D <= moves[1][0] <= T0 + 14 * D + 3_600_000
