@@ -15,6 +15,7 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipelines.contract.events import RawBatch
 from pipelines.contract.ids import hash_strings
 from pipelines.contract.time import DAY_MS
 from pipelines.core.shard import ShardConfig
@@ -113,3 +114,50 @@ def test_a_silent_users_risk_is_refreshed_every_day_without_events() -> None:
         assert len(tail) >= 3, (uid, tail)
         gaps = np.diff(tail)
         assert (gaps <= DAY_MS + TICK_MS).all(), (uid, gaps)
+
+
+def test_stream_rows_equal_lifecycle_score_as_of_during_silences_within_the_refresh_interval() -> None:
+    from pipelines.contract.decode import DecodeLimits, decode_batch
+    from pipelines.offline.score import score_as_of
+    from tests.support.memflow import WALL, scorer
+
+    lines, _ = history()
+    records = run(stream_batches(lines, [400]), shard=_config(1))
+    rows = pl.concat([pl.from_arrow(r.data) for r in records if r.table == "user_scores"], how="vertical_relaxed")
+    assert isinstance(rows, pl.DataFrame)
+    ev = decode_batch(
+        RawBatch("h", 0, np.arange(len(lines), dtype=np.int64), lines),
+        now_ms=4_000_000_000_000,
+        limits=DecodeLimits(max_future_ms=10 * 365 * DAY_MS),
+    ).events
+    newest = int(rows["version"].max())
+    for as_of in (newest - 6 * DAY_MS, newest - 3 * DAY_MS, newest - DAY_MS):
+        latest = rows.filter(pl.col("version") <= as_of).sort("version").group_by("user_id").last()
+        live = latest.filter(pl.col("stage") != "churned")
+        # every live user's stored row is at most one refresh interval (plus a tick) old at any instant
+        assert ((as_of - live["version"]) <= DAY_MS + TICK_MS).all()
+        for version in sorted(set(live["version"].to_list()))[-3:]:  # the newest evaluation instants
+            stream = live.filter(pl.col("version") == version).sort("user_id")
+            batch = pl.from_arrow(score_as_of(ev, cutoff_ms=version, scorer=scorer(), clock=lambda: WALL))
+            assert isinstance(batch, pl.DataFrame)
+            batch = batch.filter(pl.col("user_id").is_in(stream["user_id"].to_list())).sort("user_id")
+            assert batch["stage"].to_list() == stream["stage"].to_list()
+            assert batch["tier"].to_list() == stream["tier"].to_list()
+            assert batch["reasons"].to_list() == stream["reasons"].to_list()
+            np.testing.assert_allclose(batch["churn_risk"].to_numpy(), stream["churn_risk"].to_numpy(), rtol=1e-5)
+
+
+def test_a_silent_users_churn_risk_rises_from_refresh_to_refresh() -> None:
+    lines, _ = history()
+    records = run(stream_batches(lines, [500]), shard=_config(1))
+    rows = pl.concat([pl.from_arrow(r.data) for r in records if r.table == "user_scores"], how="vertical_relaxed")
+    assert isinstance(rows, pl.DataFrame)
+    rising = total = 0
+    for _, user in rows.sort("version").group_by("user_id"):
+        last_event = user["last_event_at"].max()
+        silent = user.filter((pl.col("last_event_at") == last_event) & pl.col("stage").is_in(["growing", "dormant"]))
+        silent = silent.filter(pl.col("version") - pl.col("last_event_at").dt.epoch("ms") >= DAY_MS)
+        if silent.height >= 3:
+            total += 1
+            rising += int(silent["churn_risk"][-1] > silent["churn_risk"][0])
+    assert total >= 5 and rising >= 0.8 * total, (rising, total)
