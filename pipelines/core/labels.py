@@ -68,28 +68,44 @@ class DecideActions:
     def __call__(
         self, rows: FeatureRows, scores: Scores, tiers: npt.NDArray[np.int8], at_risk: npt.NDArray[np.bool_]
     ) -> tuple[dict[str, pa.Array], Decisions | None]:
-        ctx = playbook_context(
-            rows.features,
-            churn_risk=scores.churn_risk,
-            purchase_propensity=scores.purchase_propensity,
-            stage=rows.stage,
-            prev_stage=rows.prev_stage,
-            tier=tiers,
-            at_risk=at_risk,
-            marketing_consent=self.marketing_ok,
-            reason_features=scores.reason_features,
-        )
-        eligible = None if rows.provisional is None else ~rows.provisional
-        acts = decide(
-            self.playbook,
-            self.ledger,
-            rows.rows,
-            ctx,
-            rows.version,
-            shard=self.shard,
-            shards=self.shards,
-            eligible=eligible,
-        )
+        # rows of several ticks decide tick by tick, in order: cooldowns, quiet hours and caps see time pass
+        versions = np.broadcast_to(np.asarray(rows.version, np.int64), (len(rows),))
+        cuts = np.flatnonzero(np.diff(versions)) + 1
+        parts: list[Decisions] = []
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(rows)], strict=True):
+            sl = slice(int(a), int(b))
+            ctx = playbook_context(
+                rows.features[sl],
+                churn_risk=scores.churn_risk[sl],
+                purchase_propensity=scores.purchase_propensity[sl],
+                stage=rows.stage[sl],
+                prev_stage=rows.prev_stage[sl],
+                tier=tiers[sl],
+                at_risk=at_risk[sl],
+                marketing_consent=self.marketing_ok[sl],
+                reason_features=scores.reason_features[sl],
+            )
+            eligible = None if rows.provisional is None else ~rows.provisional[sl]
+            parts.append(
+                decide(
+                    self.playbook,
+                    self.ledger,
+                    rows.rows[sl],
+                    ctx,
+                    int(versions[a]),
+                    shard=self.shard,
+                    shards=self.shards,
+                    eligible=eligible,
+                )
+            )
+        acts = parts[0]
+        if len(parts) > 1:
+            acts = Decisions(
+                np.concatenate([d.action for d in parts]),
+                np.concatenate([d.rule for d in parts]),
+                np.concatenate([d.at_ms for d in parts]),
+                np.concatenate([d.granted for d in parts]),
+            )
         return action_columns(self.playbook, self.ledger, acts), acts
 
 

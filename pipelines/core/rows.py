@@ -87,7 +87,7 @@ def score_records(
     stage_names = np.array(labels.taxonomy.stages, dtype=object)
     stage = stage_names[rows.stage]
     reasons = scores.reasons
-    version = np.full(n, rows.version, np.uint64)
+    version = np.broadcast_to(np.asarray(rows.version, np.int64), (n,)).astype(np.uint64)
     tax = labels.taxonomy
     acts = {
         "taxonomy": pa.array(np.full(n, tax.name, object), pa.string()),
@@ -122,7 +122,7 @@ def score_records(
                         "user_id": pa.array(rows.user_id[changed], pa.string()),
                         "from_stage": pa.array(prev, pa.string()),
                         "to_stage": pa.array(stage[changed], pa.string()),
-                        "at": pa.array(np.full(changed.shape[0], rows.version, np.int64), _TS),
+                        "at": pa.array(version[changed].astype(np.int64), _TS),
                         "churn_risk": pa.array(scores.churn_risk[changed], pa.float32()),
                         "purchase_propensity": pa.array(scores.purchase_propensity[changed], pa.float32()),
                         "reasons": reasons.take(pa.array(changed)),

@@ -69,7 +69,9 @@ class FeatureRows:
     #: rows evaluated because their own events changed them (not a timer or refresh): the
     #: only rows whose event-to-score delay is a freshness measurement
     from_events: npt.NDArray[np.bool_]
-    version: int  # the tick (event-time ms): monotonic per user, the ReplacingMergeTree version
+    #: the tick (event-time ms) the rows were evaluated at: monotonic per user, the ReplacingMergeTree
+    #: version; per row when rows of several ticks travel together (:func:`concat_rows`, in tick order)
+    version: int | npt.NDArray[np.int64]
     read_at_ms: int  # wall-clock ms the newest contributing batch was read (0 for timer-only rows)
     #: rows scored by a flush without committing their stage (see :meth:`ShardProcessor.flush`): the playbook
     #: grants them nothing (a grant changes state); None = no such row
@@ -77,6 +79,27 @@ class FeatureRows:
 
     def __len__(self) -> int:
         return int(self.user_id.shape[0])
+
+
+def concat_rows(parts: list[FeatureRows]) -> FeatureRows:
+    """Rows of several ticks as one block, in tick order, each row with its own ``version``."""
+    if len(parts) == 1:
+        return parts[0]
+    n = [len(p) for p in parts]
+    prov = [p.provisional if p.provisional is not None else np.zeros(len(p), bool) for p in parts]
+    any_prov = any(p.provisional is not None for p in parts)
+    return FeatureRows(
+        user_id=np.concatenate([p.user_id for p in parts]),
+        rows=np.concatenate([p.rows for p in parts]),
+        features=np.concatenate([p.features for p in parts]),
+        stage=np.concatenate([p.stage for p in parts]),
+        prev_stage=np.concatenate([p.prev_stage for p in parts]),
+        last_event_ms=np.concatenate([p.last_event_ms for p in parts]),
+        from_events=np.concatenate([p.from_events for p in parts]),
+        version=np.concatenate([np.full(k, p.version, np.int64) for k, p in zip(n, parts, strict=True)]),
+        read_at_ms=max(p.read_at_ms for p in parts),
+        provisional=np.concatenate(prov) if any_prov else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +375,12 @@ class ShardProcessor:
             return
         first = rows[st.scored_ms[rows] == NEVER]
         rescheduled = np.union1d(first, refresh[st.user_id[refresh] != ""])
-        fr = self._rows(rows, t, from_events=touched, commit=True, read_at_ms=ev.read_at_ms if len(ev) else 0)
+        # a rule timer re-evaluates a user to catch a change of stage: without one (the user acted again since
+        # it was set, or another threshold holds) there is nothing to write until the refresh or an event
+        timer_only = ~np.isin(rows, touched) & ~np.isin(rows, refresh)
+        fr = self._rows(
+            rows, t, from_events=touched, commit=True, read_at_ms=ev.read_at_ms if len(ev) else 0, quiet=timer_only
+        )
         self._schedule_refresh(rescheduled, t)
         res.timer_rows += int(np.isin(rows, due).sum())
         res.refresh_rows += int(np.isin(rows, refresh).sum())
@@ -387,12 +415,19 @@ class ShardProcessor:
         from_events: npt.NDArray[np.int64],
         commit: bool,
         read_at_ms: int,
+        quiet: npt.NDArray[np.bool_] | None = None,
     ) -> FeatureRows:
-        """Evaluate ``rows`` as of ``t``; commit their stage and score time unless provisional."""
+        """Evaluate ``rows`` as of ``t``; commit their stage and score time unless provisional.
+
+        ``quiet`` rows are kept only when their stage changed (rule timers).
+        """
         st = self.state
         feats = compute_features(st, rows, t)
         stage = self.cfg.taxonomy.assign_stages(feats)
         prev = st.stage[rows].copy()
+        if quiet is not None and quiet.any():
+            keep = ~quiet | (stage != prev)
+            rows, feats, stage, prev = rows[keep], feats[keep], stage[keep], prev[keep]
         if commit:
             st.stage[rows] = stage
             st.scored_ms[rows] = t

@@ -28,7 +28,6 @@ from typing import Any
 
 import bytewax.operators as op
 import numpy as np
-import pyarrow as pa
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
@@ -39,8 +38,7 @@ from pipelines.contract.events import RawBatch, Rejection
 from pipelines.contract.time import NEVER, Clock
 from pipelines.core.labels import DecideActions, label_rows
 from pipelines.core.rows import Records, reject_records
-from pipelines.core.scores import take_scores
-from pipelines.core.shard import ShardConfig, ShardProcessor, ShardResult, Slice
+from pipelines.core.shard import ShardConfig, ShardProcessor, ShardResult, Slice, concat_rows
 from pipelines.flow.recovery import FLOW_ID, STATE_STEP
 from pipelines.monitoring.drift import DriftMonitor
 from pipelines.monitoring.metrics import PipelineMetrics
@@ -217,53 +215,34 @@ class ScoreStep:
         self._stage_names = (*self.taxonomy.stages, "none")
 
     def __call__(self, res: ShardResult, proc: ShardProcessor, shard: int = 0, shards: int = 1) -> list[Records]:
-        """Score every tick's rows in one call, then label them tick by tick (the playbook decides in order)."""
+        """Score and label the rows of every tick this activation closed, as one block (decisions tick by tick)."""
         ticks = [r for r in res.rows if len(r)]
         if not ticks:
             return []
-        x = ticks[0].features if len(ticks) == 1 else np.concatenate([r.features for r in ticks])
-        scores = self.scorer.score(x)
+        rows = concat_rows(ticks)
+        scores = self.scorer.score(rows.features)
         if self.drift is not None:
-            self.drift.observe(x, {"churn_risk": scores.churn_risk, "purchase_propensity": scores.purchase_propensity})
-        by_table: dict[str, list[Records]] = {}
-        a = 0
-        scored_at = int(self.clock() * 1000)
-        for rows in ticks:
-            part = take_scores(scores, a, a + len(rows))
-            a += len(rows)
-            if self.consent is not None:
-                marketing = self.consent.marketing_ok(proc.state.user_key[rows.rows])
-            else:
-                marketing = np.ones(len(rows), bool)
-            labeled = label_rows(
-                rows,
-                part,
-                self.taxonomy,
-                DecideActions(self.playbook, proc.ledger, marketing, shard=shard, shards=shards),
-                model_version=self.scorer.model_version,
-                scored_at_ms=scored_at,
+            self.drift.observe(
+                rows.features, {"churn_risk": scores.churn_risk, "purchase_propensity": scores.purchase_propensity}
             )
-            acts = labeled.decisions
-            assert acts is not None  # DecideActions always decides
-            count_transitions(self.metrics, rows.prev_stage, rows.stage, self._stage_names)
-            count_actions(self.metrics, acts.action[acts.granted], self.playbook.action_names)
-            for r in labeled.records:
-                by_table.setdefault(r.table, []).append(r)
+        if self.consent is not None:
+            marketing = self.consent.marketing_ok(proc.state.user_key[rows.rows])
+        else:
+            marketing = np.ones(len(rows), bool)
+        labeled = label_rows(
+            rows,
+            scores,
+            self.taxonomy,
+            DecideActions(self.playbook, proc.ledger, marketing, shard=shard, shards=shards),
+            model_version=self.scorer.model_version,
+            scored_at_ms=int(self.clock() * 1000),
+        )
+        acts = labeled.decisions
+        assert acts is not None  # DecideActions always decides
         self.metrics.batches.labels(step="score").inc()
-        return [merge_records(parts) for parts in by_table.values()]
-
-
-def merge_records(parts: list[Records]) -> Records:
-    """Records of one table from several ticks as one block (one insert, not one per tick)."""
-    if len(parts) == 1:
-        return parts[0]
-    fresh = [p.last_event_ms for p in parts if p.last_event_ms is not None]
-    return Records(
-        parts[0].table,
-        pa.concat_tables([p.data for p in parts]),
-        np.concatenate(fresh) if fresh else None,
-        max(p.read_at_ms for p in parts),
-    )
+        count_transitions(self.metrics, rows.prev_stage, rows.stage, self._stage_names)
+        count_actions(self.metrics, acts.action[acts.granted], self.playbook.action_names)
+        return labeled.records
 
 
 def build_flow(
