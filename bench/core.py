@@ -134,8 +134,12 @@ def bench_snapshot(n_users: int) -> None:
                 type_code=np.full(n, TYPE_CODE["order"], np.int8),
                 channel_code=np.zeros(n, np.int8),
                 amount=np.full(n, 10.0),
+                offsets=np.arange(lo, lo + n, dtype=np.int64),
+                payload_idx=np.zeros(n, np.int64),
             )
         )
+    proc.flush()  # every event applied (a snapshot holds state, not events waiting for their tick)
+    assert proc.state.n == n_users and proc.held_events() == 0
     t = time.perf_counter()
     blob = pickle.dumps(proc.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)
     snap_s = time.perf_counter() - t

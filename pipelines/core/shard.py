@@ -308,9 +308,10 @@ class ShardProcessor:
         order = np.argsort(ticks, kind="stable")
         t_sorted = ticks[order]
         cuts = np.flatnonzero(np.diff(t_sorted)) + 1
+        whole = cuts.shape[0] == 0  # one tick: the batch as it is (no copy)
         for a, b in zip(np.r_[0, cuts], np.r_[cuts, t_sorted.shape[0]], strict=True):
             t = int(t_sorted[a])
-            part = ev.take(order[a:b])
+            part = ev if whole else ev.take(order[a:b])
             if t not in self._held:
                 self._held[t] = []
                 heapq.heappush(self._held_heap, t)
