@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from pipelines.flow.recovery import erase_from_recovery
+from pipelines.flow.recovery import erase_from_recovery, recovery_parts
 from pipelines.flow.runner import shard_config
 from pipelines.io.store.base import Store, StoreError
 from pipelines.io.store.migrations import apply_migrations, discover, migrate
@@ -121,7 +121,7 @@ def _run(args: argparse.Namespace, action: str) -> int:
             state_rows = None
             state = settings.state_dir()
             explicit = settings.recovery_dir is not None
-            if state is not None and (explicit or any(state.glob("part-*.sqlite3"))):
+            if state is not None and (explicit or recovery_parts(state)):
                 if not args.reason.strip():  # forget_user refuses it too, but only after the state is erased
                     raise ValueError("forget needs a reason (it is kept in erasure_log)")
                 # the pipeline's state first (pipelines.privacy.erasure), restored under the configuration the

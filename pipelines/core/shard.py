@@ -242,13 +242,9 @@ class ShardProcessor:
     def _provisional(self, res: ShardResult) -> None:
         """Apply the open tick's waiting events now and score the users they touch, provisionally."""
         t_open = self._held_heap[0]
-        applied = self._apply(self._take_held(t_open))
-        res.rejects += applied.rejects
-        res.applied += applied.applied
-        res.duplicates += applied.duplicates
-        self.touched = np.union1d(self.touched, applied.rows_touched)
+        touched = self._apply_early(t_open, res)
         self.touched_tick = t_open
-        fresh = applied.rows_touched[self.state.user_id[applied.rows_touched] != ""]
+        fresh = touched[self.state.user_id[touched] != ""]
         if fresh.shape[0]:
             res.rows.append(self._rows(fresh, t_open, from_events=fresh, commit=False, read_at_ms=0))
 
@@ -278,11 +274,7 @@ class ShardProcessor:
         t_open = self._tick_of(max(newest, self.closed_ms + 1))
         if self._held_n:
             t_open = self._held_heap[0]
-            more = self._apply(self._take_held(t_open))
-            res.rejects += more.rejects
-            res.applied += more.applied
-            res.duplicates += more.duplicates
-            self.touched = np.union1d(self.touched, more.rows_touched)
+            self._apply_early(t_open, res)
         if self.touched.shape[0]:
             self.touched_tick = t_open if self.touched_tick == NEVER else min(self.touched_tick, t_open)
             live = self.touched[self.state.user_id[self.touched] != ""]
@@ -355,11 +347,7 @@ class ShardProcessor:
         """Close tick ``t``: apply its events, evaluate touched, timer-due and refresh-due users as of ``t``."""
         st = self.state
         ev = self._take_held(t)
-        applied = self._apply(ev)
-        res.rejects += applied.rejects
-        res.applied += applied.applied
-        res.duplicates += applied.duplicates
-        touched = applied.rows_touched
+        touched = self._apply_into(ev, res)
         if self.touched.shape[0] and t >= self.touched_tick:
             touched = np.union1d(touched, self.touched)
             self.touched = np.zeros(0, np.int64)
@@ -393,6 +381,20 @@ class ShardProcessor:
         rejects: list[Rejection]
         applied: int
         duplicates: int
+
+    def _apply_into(self, ev: EventColumns, res: ShardResult) -> npt.NDArray[np.int64]:
+        """Apply ``ev``, counting it (and its dead letters) into ``res``; return the rows it touched."""
+        applied = self._apply(ev)
+        res.rejects += applied.rejects
+        res.applied += applied.applied
+        res.duplicates += applied.duplicates
+        return applied.rows_touched
+
+    def _apply_early(self, t: int, res: ShardResult) -> npt.NDArray[np.int64]:
+        """Apply tick ``t``'s waiting events before it closes; its rows stay touched until it does."""
+        touched = self._apply_into(self._take_held(t), res)
+        self.touched = np.union1d(self.touched, touched)
+        return touched
 
     def _apply(self, ev: EventColumns) -> ShardProcessor._Applied:
         if not len(ev):

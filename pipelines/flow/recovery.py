@@ -40,6 +40,11 @@ STATE_STEP = "state"
 STATE_SNAPSHOT_STEP_ID = f"{FLOW_ID}.{STATE_STEP}.stateful_batch"
 
 
+def recovery_parts(path: Path) -> list[Path]:
+    """The partition files of a Bytewax recovery store at ``path`` (none: no state there yet)."""
+    return sorted(path.glob("part-*.sqlite3"))
+
+
 def erase_from_recovery(recovery_dir: Path, user_ids: Iterable[str], shard_cfg: ShardConfig) -> int:
     """Remove users from every shard snapshot in a Bytewax recovery store; return the rows erased.
 
@@ -55,7 +60,7 @@ def erase_from_recovery(recovery_dir: Path, user_ids: Iterable[str], shard_cfg: 
     if any(not u.strip() for u in ids):
         raise ValueError("erase_from_recovery needs non-empty user ids")
     keys = hash_strings(ids)
-    parts = sorted(recovery_dir.glob("part-*.sqlite3"))
+    parts = recovery_parts(recovery_dir)
     if not parts:
         raise ValueError(f"{recovery_dir}: not a Bytewax recovery store (no part-*.sqlite3)")
     erased = 0

@@ -31,6 +31,7 @@ from pipelines.contract.events import RawBatch
 from pipelines.contract.time import Clock
 from pipelines.core.shard import ShardConfig
 from pipelines.flow.dataflow import FlowConfig, build_flow
+from pipelines.flow.recovery import recovery_parts
 from pipelines.io.files import FileSource, IteratorSource
 from pipelines.io.kafka.sinks import KafkaDeadLetterSink, KafkaTransitionsSink
 from pipelines.io.kafka.source import KafkaBatchSource
@@ -227,7 +228,7 @@ def check_state(store: Store, state: Path, *, rebuild: bool) -> None:
     the history. ``rebuild`` removes the state directory: the given input is replayed
     from scratch (give it the whole history).
     """
-    has_state = any(state.glob("part-*.sqlite3"))
+    has_state = bool(recovery_parts(state))
     if rebuild:
         if has_state:
             log.warning("--rebuild-state: removing the pipeline state at %s; the input is replayed from scratch", state)
@@ -320,7 +321,7 @@ def install_graceful_stop() -> None:
 def ensure_recovery_dir(path: Path, parts: int) -> None:
     """Create a Bytewax recovery store of ``parts`` partitions on first use (no-op when it exists)."""
 
-    if not any(path.glob("part-*.sqlite3")):
+    if not recovery_parts(path):
         path.mkdir(parents=True, exist_ok=True)
         init_db_dir(path, parts)
 
