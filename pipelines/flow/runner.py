@@ -103,7 +103,7 @@ def flow_config(s: Settings, streams: Sequence[str] = ()) -> FlowConfig:
 
 
 def make_source(
-    s: Settings, clock: Clock, metrics: PipelineMetrics | None = None
+    s: Settings, clock: Clock, metrics: PipelineMetrics | None = None, on_read: Callable[[int], None] | None = None
 ) -> tuple[Source[RawBatch], str, int | None]:
     """The source for ``s.input``, its kind label, and the number of events if known up front."""
     if s.input == "simulate":
@@ -130,7 +130,7 @@ def make_source(
     paths = [Path(p) for p in s.input.split(",")]
     # a line longer than an event may be is read only as far as the decoder needs to reject it (oversized)
     max_line = max(s.max_event_bytes + 1, 4096)
-    source = FileSource(paths, batch_events=s.batch_events, clock=clock, max_line_bytes=max_line)
+    source = FileSource(paths, batch_events=s.batch_events, clock=clock, max_line_bytes=max_line, on_read=on_read)
     return source, "file", None
 
 
@@ -167,6 +167,7 @@ def prepare_flow(
     serve_metrics: bool = True,
     source: Source[RawBatch] | None = None,
     rebuild_state: bool = False,
+    on_read: Callable[[int], None] | None = None,
 ) -> tuple[Dataflow, int | None]:
     """Everything but running: model, metrics endpoint, source, the wired flow (and the event count if known)."""
     metrics = PipelineMetrics(registry)
@@ -185,7 +186,7 @@ def prepare_flow(
     if serve_metrics:
         serve(registry, s.metrics_host, s.metrics_port)
     if source is None:
-        source, kind, expected = make_source(s, clock, metrics)
+        source, kind, expected = make_source(s, clock, metrics, on_read)
     else:  # injected (benchmarks, embedding applications)
         kind, expected = "custom", None
     if on_source is not None:
@@ -258,6 +259,7 @@ def run_pipeline(
     serve_metrics: bool = True,
     source: Source[RawBatch] | None = None,
     rebuild_state: bool = False,
+    on_read: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Run the flow until the source ends (files, simulator) or the process is stopped (Kafka)."""
     registry = registry if registry is not None else CollectorRegistry()
@@ -266,7 +268,7 @@ def run_pipeline(
     try:
         flow, expected = prepare_flow(
             s, registry=registry, store=store, clock=clock, on_batch=on_batch, on_source=on_source,
-            serve_metrics=serve_metrics, source=source, rebuild_state=rebuild_state,
+            serve_metrics=serve_metrics, source=source, rebuild_state=rebuild_state, on_read=on_read,
         )  # fmt: skip
         state = s.state_dir()
         recovery = RecoveryConfig(str(state)) if state is not None else None

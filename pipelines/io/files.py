@@ -32,6 +32,25 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from pipelines.contract.events import RawBatch
 from pipelines.contract.time import Clock
+from pipelines.io.kafka.stop import STOP_REQUESTED
+
+#: Called with the number of (uncompressed) bytes a file partition has just read, or skipped on resume.
+OnRead = Callable[[int], None]
+
+
+def file_bytes(path: Path) -> int:
+    """Bytes a file source reads from ``path``: its size, or for gzip the uncompressed size in its trailer.
+
+    The gzip trailer holds the size modulo 2**32 (of the last member), so beyond 4 GiB this is a
+    lower bound and a progress bar's total is only approximate.
+    """
+    size = path.stat().st_size
+    if path.suffix != ".gz" or size < 18:
+        return size
+    with open(path, "rb") as fh:
+        fh.seek(-4, io.SEEK_END)
+        isize = int.from_bytes(fh.read(4), "little")
+    return isize if isize else size
 
 
 def _open(path: Path) -> io.BufferedIOBase:
@@ -57,8 +76,10 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         resume: tuple[int, int] | None,
         clock: Clock,
         max_line_bytes: int = MAX_LINE_BYTES,
+        on_read: OnRead | None = None,
     ) -> None:
         self._max_line = max_line_bytes
+        self._on_read = on_read
         self._path = path
         self._name = str(path)
         self._batch = batch_events
@@ -67,6 +88,8 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         self._pos, self._line = resume or (0, 0)
         if self._pos:
             self._fh.seek(self._pos)
+            if on_read is not None:
+                on_read(self._pos)
         self._buf = self._fh
         self._done = False
 
@@ -92,6 +115,8 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
             if stripped.strip():  # blank lines are not events
                 lines.append(stripped)
                 numbers.append(line_no)
+        if self._on_read is not None:
+            self._on_read(pos - self._pos)
         self._pos, self._line = pos, line_no
         if not lines:
             if self._done:
@@ -116,8 +141,15 @@ class _FilesPartition(StatefulSourcePartition[RawBatch, FilesState]):
     """The files of a :class:`FileSource`, one after another, as one stream."""
 
     def __init__(
-        self, paths: list[Path], batch_events: int, resume: FilesState | None, clock: Clock, max_line_bytes: int
+        self,
+        paths: list[Path],
+        batch_events: int,
+        resume: FilesState | None,
+        clock: Clock,
+        max_line_bytes: int,
+        on_read: OnRead | None = None,
     ) -> None:
+        self._on_read = on_read
         self._paths = paths
         self._batch = batch_events
         self._clock = clock
@@ -127,12 +159,16 @@ class _FilesPartition(StatefulSourcePartition[RawBatch, FilesState]):
         self._part: _FilePartition | None = None
 
     def next_batch(self) -> list[RawBatch]:
+        if STOP_REQUESTED.is_set():
+            # a graceful stop (SIGINT/SIGTERM): end here; the snapshot holds how far each file was read
+            raise StopIteration()
         while self._i < len(self._paths):
             if self._part is None:
                 key = str(self._paths[self._i].resolve())
                 self._part = _FilePartition(
-                    self._paths[self._i], self._batch, self._state.get(key), self._clock, self._max_line
-                )
+                    self._paths[self._i], self._batch, self._state.get(key), self._clock, self._max_line,
+                    self._on_read,
+                )  # fmt: skip
             try:
                 out = self._part.next_batch()
             except StopIteration:
@@ -163,10 +199,15 @@ class FileSource(FixedPartitionedSource[RawBatch, FilesState]):
         batch_events: int = 20_000,
         clock: Clock = time.time,
         max_line_bytes: int = MAX_LINE_BYTES,
+        on_read: OnRead | None = None,
     ) -> None:
+        dirs = [str(p) for p in paths if p.is_dir()]
+        if dirs:
+            raise IsADirectoryError(f"input is a directory, not a file: {', '.join(dirs)} (give its files)")
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"input file(s) not found: {', '.join(missing)}")
+        self._on_read = on_read
         self._paths = {str(p): p for p in paths}
         self._batch = batch_events
         self._clock = clock
@@ -180,7 +221,9 @@ class FileSource(FixedPartitionedSource[RawBatch, FilesState]):
         return [FILES_STREAM]
 
     def build_part(self, step_id: str, for_part: str, resume_state: FilesState | None) -> _FilesPartition:
-        return _FilesPartition(list(self._paths.values()), self._batch, resume_state, self._clock, self._max_line)
+        return _FilesPartition(
+            list(self._paths.values()), self._batch, resume_state, self._clock, self._max_line, self._on_read
+        )
 
 
 class _IterPartition(StatefulSourcePartition[RawBatch, int]):
@@ -197,6 +240,8 @@ class _IterPartition(StatefulSourcePartition[RawBatch, int]):
             self._done_batches += 1
 
     def next_batch(self) -> list[RawBatch]:
+        if STOP_REQUESTED.is_set():  # a graceful stop: the snapshot holds the batches consumed so far
+            raise StopIteration()
         lines = next(self._it)  # StopIteration ends the partition
         offsets = np.arange(self._offset, self._offset + len(lines), dtype=np.int64)
         self._offset += len(lines)
