@@ -112,7 +112,8 @@ def run_checks(s: Settings, *, console: Console) -> int:
             where = check_chdb_path(chdb_path(s.store), must_exist=False)
         out = f"{where}: {len(applied)} migration(s) applied, {len(pending)} pending"
         if pending:
-            out += f" ({', '.join(pending)}; `run` applies them)"
+            names = ", ".join(pending) if len(pending) <= 3 else f"{pending[0]} ... {pending[-1]}"
+            out += f" ({names}; `run` applies them)"
         if unknown:
             out += f"; recorded but unknown here: {', '.join(unknown)} (a newer version wrote this store?)"
         return out

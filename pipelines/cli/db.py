@@ -17,6 +17,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from pipelines.cli.check import store_status
+from pipelines.cli.preflight import store_label
 from pipelines.flow.recovery import erase_from_recovery, recovery_parts
 from pipelines.flow.runner import shard_config
 from pipelines.io.store.base import Store, StoreError
@@ -30,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``db migrate``, ``forget`` and ``consent`` to the ``lifecycle`` subcommands."""
     store_help = "store URL: chdb://PATH or http(s)://HOST:PORT/DB [env: LIFECYCLE_STORE]"
 
-    db = sub.add_parser("db", help="store administration (schema migrations)")
+    db = sub.add_parser("db", help="store administration (schema migrations: migrate, status)")
     db_sub = db.add_subparsers(dest="db_cmd", required=True)
     mig = db_sub.add_parser("migrate", help="apply the pending numbered migrations and record them")
     mig.add_argument("--store", default=None, help=store_help)
@@ -41,6 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="migrations directory, e.g. sql/cluster for the cluster schema [env: LIFECYCLE_SQL_DIR]",
     )
     mig.set_defaults(func=cmd_migrate)
+    status = db_sub.add_parser("status", help="list the applied and the pending migrations (changes nothing)")
+    status.add_argument("--store", default=None, help=store_help)
+    status.add_argument("--sql-dir", type=Path, default=None, help="migrations directory [env: LIFECYCLE_SQL_DIR]")
+    status.set_defaults(func=cmd_status)
 
     forget = sub.add_parser("forget", help="erase a user from every table (PIPL) and record it in erasure_log")
     forget.add_argument("--user", required=True, help="the user id to erase")
@@ -157,6 +163,25 @@ def _run(args: argparse.Namespace, action: str) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     """``lifecycle db migrate``: apply what is pending, print what ran."""
     return _run(args, "db migrate")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``lifecycle db status``: every migration of the directory, applied or pending; exit 0 either way."""
+    overrides = {k: getattr(args, k, None) for k in ("store", "sql_dir")}
+    s = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    applied, pending, unknown = store_status(s)
+    print(f"store {store_label(s.store)}, migrations in {s.sql_dir}:")
+    for name in applied:
+        print(f"  applied  {name}")
+    for name in pending:
+        print(f"  pending  {name}")
+    for name in unknown:
+        print(f"  unknown  {name} (recorded in the store, not in the directory: applied by a newer version?)")
+    print(
+        f"{len(applied)} applied, {len(pending)} pending"
+        + (" (`lifecycle db migrate` applies them)" if pending else "")
+    )
+    return 0
 
 
 def cmd_forget(args: argparse.Namespace) -> int:

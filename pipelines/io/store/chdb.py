@@ -64,5 +64,11 @@ class ChdbStore(Store):
         except Exception as err:
             raise StoreError(f"chDB: {err}") from err
 
+    def query_raw(self, sql: str, *, params: Params | None = None, fmt: str = "TabSeparated") -> bytes:
+        try:
+            return bytes(self._conn.query(sql, fmt, params=_text_params(params)).bytes())
+        except Exception as err:
+            raise StoreError(f"chDB: {err}") from err
+
     def close(self) -> None:
         self._conn.close()

@@ -126,6 +126,11 @@ class HttpStore(Store):
         result: pa.Table = self._retrying("query", lambda: self._client.query_arrow(sql, parameters=bound))
         return result
 
+    def query_raw(self, sql: str, *, params: Params | None = None, fmt: str = "TabSeparated") -> bytes:
+        bound = dict(params) if params else None
+        out: bytes = self._retrying("query", lambda: self._client.raw_query(sql, parameters=bound, fmt=fmt))
+        return out
+
     def close(self) -> None:
         self._client.close()
 
