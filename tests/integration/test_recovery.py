@@ -92,7 +92,7 @@ def test_forget_erases_the_user_from_the_store_and_the_recovery_state(events: Pa
     # under another taxonomy than the pipeline's, restoring the snapshots would relabel everyone: refused, and
     # before the store is touched
     wrong = subprocess.run([*forget, "--taxonomy", "aida-5"], capture_output=True, text=True, timeout=120)
-    assert wrong.returncode == 2 and "another taxonomy" in wrong.stderr, wrong.stderr
+    assert wrong.returncode == 3 and "another taxonomy" in wrong.stderr, wrong.stderr
     assert any(r["user_id"] == victim for r in _read(store)[0])
     out = subprocess.run(forget, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

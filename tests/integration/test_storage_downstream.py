@@ -289,14 +289,14 @@ def test_admin_commands_migrate_record_consent_and_forget(store_dir: Path, capsy
     assert call("consent", "--user", "busy", "--user", "new_user", "--opt-out", "--store", url) == 0
     # the pipeline's state (beside the store) is erased too, under the taxonomy the pipeline ran with
     taxonomy = str(taxonomy_variant(store_dir.parent / "taxonomy", at_risk_threshold=0.0))
-    assert call("forget", "--user", "regular_active", "--reason", "ticket 7", "--store", url) == 2  # another one
+    assert call("forget", "--user", "regular_active", "--reason", "ticket 7", "--store", url) == 3  # another one
     assert call(
         "forget", "--user", "regular_active", "--reason", "ticket 7", "--store", url, "--taxonomy", taxonomy
     ) == 0
     out = capsys.readouterr().out
     assert "regular_active" not in out  # only the hash is printed
     assert json.loads(out.splitlines()[-1])["user_hash"] == user_hash("regular_active")
-    assert call("forget", "--user", "", "--store", url) == 2
+    assert call("forget", "--user", "", "--store", url) == 3
     with pytest.raises(SystemExit):
         parser.parse_args(["consent", "--user", "x", "--opt-out", "--opt-in"])
 
