@@ -241,8 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (FileNotFoundError, ValueError) as err:
-        print(f"lifecycle: {err}", file=sys.stderr)
-        return 2
+        from pipelines.cli.errors import classify
+
+        failure = classify(err)
+        print(f"lifecycle {args.cmd}: {failure}", file=sys.stderr)
+        return failure.code
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from confluent_kafka.admin import AdminClient
 
 from pipelines.cli.errors import ConfigError, DataError, UnavailableError, redact, root_reason
 from pipelines.io.files import file_bytes
+from pipelines.io.kafka.source import KAFKA_CLIENT_LOG
 from pipelines.io.kafka.url import parse_kafka_url
 from pipelines.io.store.base import Store, StoreError
 from pipelines.io.store.url import open_store
@@ -31,8 +31,6 @@ from pipelines.settings import Settings
 NDJSON_SUFFIXES = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")
 _OTHER_FORMATS = {".csv": "CSV", ".csv.gz": "CSV", ".parquet": "Parquet", ".pq": "Parquet", ".tsv": "TSV"}
 
-#: librdkafka's own log lines (connection attempts, ...) go to this logger, not to stderr directly.
-KAFKA_LOG = logging.getLogger("lifecycle.kafka.client")
 
 
 def store_label(url: str) -> str:
@@ -92,7 +90,7 @@ def file_total(paths: list[Path]) -> str:
 
 def kafka_log_config() -> dict[str, Any]:
     """Client options that route librdkafka's log through the project's logger (at its own levels)."""
-    return {"logger": KAFKA_LOG}
+    return {"logger": KAFKA_CLIENT_LOG}
 
 
 def check_kafka(url: str, config: Mapping[str, Any], *, timeout_s: float) -> dict[str, int]:

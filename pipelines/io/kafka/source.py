@@ -105,6 +105,9 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
+#: librdkafka's own log (connection attempts, broker errors) is routed here (the ``logger`` client
+#: option) instead of librdkafka writing it to stderr; an application shows it at its own level.
+KAFKA_CLIENT_LOG = logging.getLogger("lifecycle.kafka.client")
 
 #: How long one ``consume`` call may block the Bytewax worker when the local queue is short.
 POLL_TIMEOUT_S = 0.005
@@ -480,7 +483,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         return cls(bootstrap, topic, **options)
 
     def _client_config(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap, **self._config}
+        return {"bootstrap.servers": self.bootstrap, "logger": KAFKA_CLIENT_LOG, **self._config}
 
     def partitions(self) -> list[int]:
         """Partition numbers of the topic, from broker metadata. Never creates the topic."""
