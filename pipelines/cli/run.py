@@ -46,6 +46,7 @@ from pipelines.cli.preflight import (
     store_label,
 )
 from pipelines.cli.summary import print_summary
+from pipelines.cli.totals import add_run, totals_line
 from pipelines.core.features import FEATURE_NAMES, schema_hash
 from pipelines.flow.runner import RunResult, ensure_recovery_dir, run_pipeline, shard_config
 from pipelines.io.files import file_bytes
@@ -177,6 +178,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             summary_store.close()
     else:
         console.print(end_of_run_line(result), highlight=False, soft_wrap=True)
+    totals = add_run(s.state_dir(), result)
+    if totals is not None and totals_line(totals):
+        console.print(totals_line(totals), highlight=False, soft_wrap=True)
     if stop.received:
         name = signal.Signals(stop.received).name
         log.warning("stopped by %s after a drain: a rerun with the same state continues where this one ended", name)
@@ -195,7 +199,7 @@ def _run_with_progress(s: Settings, store: Any, args: argparse.Namespace) -> Run
         progress = Progress(
             TextColumn("[bold]input"),
             BarColumn(),
-            DownloadColumn(binary_units=True),
+            DownloadColumn(binary_units=False),
             TransferSpeedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),

@@ -256,6 +256,7 @@ def test_a_signal_drains_a_file_run_prints_the_summary_and_the_rerun_reads_the_r
     rest = lifecycle(*args)
     assert rest.returncode == 0, rest.stderr
     assert n1 + _read_counts(rest.stdout) == total  # nothing read twice, nothing skipped
+    assert f"Over 2 runs into this state: {total:,} events read, {total:,} applied" in rest.stdout  # both runs
 
 
 # ------------------------------------------------------------------ query
