@@ -127,7 +127,7 @@ def run_checks(s: Settings, *, console: Console) -> int:
             parts = check_kafka(s.input, kafka_config, timeout_s=timeout)
             return ", ".join(f"topic {t}: {n} partition(s)" for t, n in parts.items())
         files = input_files(s.input)
-        return f"{len(files)} NDJSON file(s), {file_total(files)}"
+        return f"{len(files)} file(s), {file_total(files)}"
 
     results.append(_try("input", source))
     for label, url in (("dead-letter topic", s.dead_letter_topic), ("transitions topic", s.transitions_topic)):

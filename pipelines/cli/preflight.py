@@ -20,16 +20,18 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from pipelines.cli.errors import ConfigError, DataError, UnavailableError, redact, root_reason
-from pipelines.io.files import file_bytes
+from pipelines.io.files import NDJSON_SUFFIXES, TABLE_SUFFIXES, file_bytes
 from pipelines.io.kafka.source import KAFKA_CLIENT_LOG
 from pipelines.io.kafka.url import parse_kafka_url
 from pipelines.io.store.base import Store, StoreError
 from pipelines.io.store.url import open_store
 from pipelines.settings import Settings
 
-#: Input suffixes ``run`` reads (NDJSON, optionally gzip-compressed), and the ones it refuses by name.
-NDJSON_SUFFIXES = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")
-_OTHER_FORMATS = {".csv": "CSV", ".csv.gz": "CSV", ".parquet": "Parquet", ".pq": "Parquet", ".tsv": "TSV"}
+#: Input formats ``run`` refuses by name (it reads NDJSON, CSV and Parquet, as ``train`` and ``score`` do).
+_OTHER_FORMATS = {
+    ".tsv": "TSV", ".xlsx": "Excel", ".xls": "Excel", ".avro": "Avro", ".orc": "ORC", ".zip": "zip",
+    ".bz2": "bzip2", ".xz": "xz", ".zst": "zstd", ".tar": "tar", ".arrow": "Arrow IPC", ".feather": "Feather",
+}  # fmt: skip
 
 
 
@@ -67,14 +69,14 @@ def input_files(spec: str) -> list[Path]:
         if not p.exists():
             raise ConfigError(f"--input {p}: no such file (nor 'simulate' or a kafka://HOST:PORT/TOPIC URL)")
         name = p.name.lower()
+        if name.endswith(NDJSON_SUFFIXES + TABLE_SUFFIXES):
+            continue
         other = next((fmt for suf, fmt in _OTHER_FORMATS.items() if name.endswith(suf)), None)
-        if other is not None:
-            raise ConfigError(
-                f"--input {p}: `run` reads NDJSON events (.jsonl, .ndjson, optionally .gz), not {other}; "
-                "convert it first (e.g. with polars: pl.read_csv(...).write_ndjson(...))"
-            )
-        if not name.endswith(NDJSON_SUFFIXES):
-            raise ConfigError(f"--input {p}: unknown format; `run` reads NDJSON files ending in .jsonl or .jsonl.gz")
+        raise ConfigError(
+            f"--input {p}: {'a ' + other + ' file' if other else 'an unknown format'}; `run` reads events as NDJSON "
+            "(.jsonl, .ndjson, .json), CSV (.csv) or Parquet (.parquet), NDJSON and CSV optionally gzip-compressed "
+            "(.gz): convert it to one of them"
+        )
     return paths
 
 

@@ -13,7 +13,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -42,6 +42,7 @@ from pipelines.io.store.sink import StoreSink
 from pipelines.io.store.url import open_store
 from pipelines.monitoring.drift import DriftMonitor, DriftReference
 from pipelines.monitoring.metrics import PipelineMetrics, build_labels, serve
+from pipelines.offline.history import raw_batches
 from pipelines.offline.simulate import SimConfig, simulate
 from pipelines.offline.simulate_io import iter_ndjson_batches
 from pipelines.privacy.consent import ConsentFilter
@@ -130,8 +131,16 @@ def make_source(
     paths = [Path(p) for p in s.input.split(",")]
     # a line longer than an event may be is read only as far as the decoder needs to reject it (oversized)
     max_line = max(s.max_event_bytes + 1, 4096)
-    source = FileSource(paths, batch_events=s.batch_events, clock=clock, max_line_bytes=max_line, on_read=on_read)
+    source = FileSource(
+        paths, batch_events=s.batch_events, clock=clock, max_line_bytes=max_line, on_read=on_read,
+        table_reader=_table_batches,
+    )  # fmt: skip
     return source, "file", None
+
+
+def _table_batches(path: Path, rows: int) -> Iterator[RawBatch]:
+    """CSV and Parquet event files as NDJSON payload batches, as ``train`` and ``score`` read them."""
+    return raw_batches(path, rows_per_batch=rows)
 
 
 def kafka_outputs(s: Settings) -> dict[str, Any]:

@@ -36,6 +36,19 @@ from pipelines.io.kafka.stop import STOP_REQUESTED
 
 #: Called with the number of (uncompressed) bytes a file partition has just read, or skipped on resume.
 OnRead = Callable[[int], None]
+#: Reads a table file (CSV, Parquet) as batches of NDJSON payloads of at most the given size, the same
+#: batches every time (``pipelines.offline.history.raw_batches``; injected: io does not decode tables).
+TableReader = Callable[[Path, int], Iterator[RawBatch]]
+
+#: Names of the files read line by line as NDJSON; every other file goes through the table reader.
+NDJSON_SUFFIXES = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")
+#: Table files a :class:`FileSource` reads with a table reader.
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+
+
+def is_ndjson(path: Path) -> bool:
+    """True for the NDJSON files read line by line (by name: ``.jsonl``, ``.ndjson``, ``.json``, with ``.gz``)."""
+    return path.name.lower().endswith(NDJSON_SUFFIXES)
 
 
 def file_bytes(path: Path) -> int:
@@ -131,6 +144,47 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         self._fh.close()
 
 
+class _TablePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
+    """A table file (CSV, Parquet) through a :data:`TableReader`; state = (rows read, rows read).
+
+    The state counts rows, not batches, so a resume with another ``batch_events`` continues at the
+    same row: whole batches up to it are skipped and the one it falls in is cut.
+    """
+
+    def __init__(
+        self, path: Path, batch_events: int, resume: tuple[int, int] | None, reader: TableReader, on_read: OnRead | None
+    ) -> None:
+        self._path = path
+        self._name = str(path)
+        self._it = reader(path, batch_events)
+        self._rows = resume[1] if resume else 0
+        self._on_read = on_read
+        skip = self._rows
+        self._pending: RawBatch | None = None
+        while skip > 0:
+            batch = next(self._it, None)
+            if batch is None:
+                break
+            n = len(batch.payloads)
+            if n > skip:
+                self._pending = dataclasses.replace(batch, offsets=batch.offsets[skip:], payloads=batch.payloads[skip:])
+            skip -= min(n, skip)
+
+    def next_batch(self) -> list[RawBatch]:
+        batch, self._pending = self._pending, None
+        if batch is None:
+            batch = next(self._it, None)
+        if batch is None:
+            if self._on_read is not None:  # a table's bytes are not read in order: count the file at its end
+                self._on_read(file_bytes(self._path))
+            raise StopIteration()
+        self._rows += len(batch.payloads)
+        return [dataclasses.replace(batch, source=self._name)]
+
+    def snapshot(self) -> tuple[int, int]:
+        return (self._rows, self._rows)
+
+
 #: The stream (and the Bytewax partition) of every file input.
 FILES_STREAM = "files"
 #: Resume state of the file stream: resolved path -> (byte offset, lines read) of every file read so far.
@@ -148,15 +202,17 @@ class _FilesPartition(StatefulSourcePartition[RawBatch, FilesState]):
         clock: Clock,
         max_line_bytes: int,
         on_read: OnRead | None = None,
+        table_reader: TableReader | None = None,
     ) -> None:
         self._on_read = on_read
+        self._table_reader = table_reader
         self._paths = paths
         self._batch = batch_events
         self._clock = clock
         self._max_line = max_line_bytes
         self._state: FilesState = dict(resume or {})
         self._i = 0
-        self._part: _FilePartition | None = None
+        self._part: _FilePartition | _TablePartition | None = None
 
     def next_batch(self) -> list[RawBatch]:
         if STOP_REQUESTED.is_set():
@@ -164,11 +220,16 @@ class _FilesPartition(StatefulSourcePartition[RawBatch, FilesState]):
             raise StopIteration()
         while self._i < len(self._paths):
             if self._part is None:
-                key = str(self._paths[self._i].resolve())
-                self._part = _FilePartition(
-                    self._paths[self._i], self._batch, self._state.get(key), self._clock, self._max_line,
-                    self._on_read,
-                )  # fmt: skip
+                path = self._paths[self._i]
+                key = str(path.resolve())
+                if is_ndjson(path) or self._table_reader is None:
+                    self._part = _FilePartition(
+                        path, self._batch, self._state.get(key), self._clock, self._max_line, self._on_read
+                    )
+                else:
+                    self._part = _TablePartition(
+                        path, self._batch, self._state.get(key), self._table_reader, self._on_read
+                    )
             try:
                 out = self._part.next_batch()
             except StopIteration:
@@ -190,7 +251,12 @@ class _FilesPartition(StatefulSourcePartition[RawBatch, FilesState]):
 
 
 class FileSource(FixedPartitionedSource[RawBatch, FilesState]):
-    """NDJSON file(s), optionally gzip-compressed, read in order as one stream. Ends at the last file's end."""
+    """Event file(s) read in order as one stream; ends at the last file's end.
+
+    NDJSON files (optionally gzip-compressed) are read line by line; table files (CSV, Parquet)
+    through ``table_reader``, which turns their rows into the same NDJSON payloads. Without a
+    table reader only NDJSON files are accepted.
+    """
 
     def __init__(
         self,
@@ -200,6 +266,7 @@ class FileSource(FixedPartitionedSource[RawBatch, FilesState]):
         clock: Clock = time.time,
         max_line_bytes: int = MAX_LINE_BYTES,
         on_read: OnRead | None = None,
+        table_reader: TableReader | None = None,
     ) -> None:
         dirs = [str(p) for p in paths if p.is_dir()]
         if dirs:
@@ -207,7 +274,11 @@ class FileSource(FixedPartitionedSource[RawBatch, FilesState]):
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"input file(s) not found: {', '.join(missing)}")
+        tables = [str(p) for p in paths if not is_ndjson(p)]
+        if tables and table_reader is None:
+            raise ValueError(f"not NDJSON files (.jsonl, .ndjson, optionally .gz): {', '.join(tables)}")
         self._on_read = on_read
+        self._table_reader = table_reader
         self._paths = {str(p): p for p in paths}
         self._batch = batch_events
         self._clock = clock
@@ -222,8 +293,9 @@ class FileSource(FixedPartitionedSource[RawBatch, FilesState]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: FilesState | None) -> _FilesPartition:
         return _FilesPartition(
-            list(self._paths.values()), self._batch, resume_state, self._clock, self._max_line, self._on_read
-        )
+            list(self._paths.values()), self._batch, resume_state, self._clock, self._max_line, self._on_read,
+            self._table_reader,
+        )  # fmt: skip
 
 
 class _IterPartition(StatefulSourcePartition[RawBatch, int]):

@@ -189,12 +189,35 @@ def test_a_directory_as_input_says_so_exit_3(tmp_path: Path) -> None:
     assert f"--input {tmp_path / 'exports'} is a directory" in one_error_line(proc, "run")
 
 
-def test_a_csv_input_is_refused_by_name_exit_3(tmp_path: Path) -> None:
+def test_the_truth_csv_as_input_is_read_and_exits_5_because_every_row_is_rejected(tmp_path: Path) -> None:
     truth = tmp_path / "events.truth.csv"
-    truth.write_text("user_id,stage\nu1,new\n")
+    truth.write_text("user_id,stage\n" + "".join(f"u{i},new\n" for i in range(30)))
     proc = lifecycle(*run_args(truth, tmp_path / "s.chdb"))
+    assert proc.returncode == EXIT_DATA
+    assert "all 30 input lines of" in one_error_line(proc, "run") and "missing_field 30" in proc.stderr
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_run_reads_csv_and_parquet_events_like_ndjson(events: Path, tmp_path: Path, fmt: str) -> None:
+    import polars as pl
+
+    table = tmp_path / f"events.{fmt}"
+    frame = pl.read_ndjson(events)
+    frame.write_csv(table) if fmt == "csv" else frame.write_parquet(table)
+    got = lifecycle(*run_args(table, tmp_path / "t.chdb"))
+    want = lifecycle(*run_args(events, tmp_path / "j.chdb"))
+    assert got.returncode == want.returncode == 0, got.stderr + want.stderr
+    sql = "SELECT user_id, stage, round(churn_risk, 6) FROM user_scores FINAL ORDER BY user_id FORMAT TSV"
+    rows = [lifecycle("query", "--store", f"chdb://{tmp_path / s}", sql).stdout for s in ("t.chdb", "j.chdb")]
+    assert rows[0] == rows[1] and rows[0].count("\n") > 10
+
+
+def test_an_input_of_another_format_is_refused_by_name_exit_3(tmp_path: Path) -> None:
+    tsv = tmp_path / "events.tsv"
+    tsv.write_text("event_id\tuser_id\n")
+    proc = lifecycle(*run_args(tsv, tmp_path / "s.chdb"))
     assert proc.returncode == EXIT_CONFIG
-    assert "reads NDJSON events" in one_error_line(proc, "run") and "not CSV" in proc.stderr
+    assert "a TSV file; `run` reads events as NDJSON" in one_error_line(proc, "run")
 
 
 def test_an_input_whose_every_line_is_rejected_exits_5_with_the_reasons(tmp_path: Path) -> None:
