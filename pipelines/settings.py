@@ -27,7 +27,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LIFECYCLE_", frozen=True, extra="ignore")
 
-    input: str = Field("simulate", description="simulate | PATH(.jsonl[.gz]) | kafka://HOST:PORT/TOPIC")
+    input: str = Field(
+        "simulate",
+        description="simulate | PATH[,PATH...] (.jsonl[.gz], .csv[.gz], .parquet) | kafka://HOST:PORT/TOPIC",
+    )
     store: str = Field("chdb://./data/lifecycle.chdb", description="chdb://PATH or http(s)://HOST:PORT/DB")
     store_user: str = Field("default", description="ClickHouse server user (http store)")
     store_password: SecretStr = Field(SecretStr(""), description="ClickHouse server password (http store)")

@@ -33,12 +33,17 @@ def version_line() -> str:
     return f"lifecycle-scoring {pkg}; {bundled}; pipeline feature schema {schema_hash()}"
 
 
+def _no_default(action: argparse.Action) -> bool:
+    """No default worth stating: none, a flag's False, or suppressed (0 is a default: ``is``, not ``in``)."""
+    return action.default is None or action.default is False or action.default == argparse.SUPPRESS
+
+
 class _Help(argparse.HelpFormatter):
     """Help that states every flag's default (unless its text already does, or there is none to state)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        if "default" in text or _no_default(action) or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)"
 
@@ -71,11 +76,19 @@ def _parser() -> argparse.ArgumentParser:
         group.register(sub)
     for name, sp in sub.choices.items():
         sp.prog = f"lifecycle {name}"
-        sp.formatter_class = _Help
-        for nested in sp._subparsers._group_actions if sp._subparsers is not None else ():
-            for child in getattr(nested, "choices", {}).values():
-                child.formatter_class = _Help
+        _with_defaults(sp)
     return p
+
+
+def _with_defaults(p: argparse.ArgumentParser) -> None:
+    """Help that states the defaults in ``p`` and its subcommands, also of flags that have no help text."""
+    p.formatter_class = _Help
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _with_defaults(child)
+        elif action.option_strings and action.help is None and not _no_default(action):
+            action.help = "(default: %(default)s)"
 
 
 def main(argv: list[str] | None = None) -> int:

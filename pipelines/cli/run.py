@@ -35,7 +35,6 @@ from rich.progress import (
 from models.artifact import load_artifact
 from pipelines.cli.check import run_checks
 from pipelines.cli.flags import _RUN_FLAGS, add_run_flags, settings_from_args
-from pipelines.cli.format import count, duration
 from pipelines.cli.logs import STDERR
 from pipelines.cli.preflight import (
     check_kafka,
@@ -45,7 +44,7 @@ from pipelines.cli.preflight import (
     require_events,
     store_label,
 )
-from pipelines.cli.summary import print_summary
+from pipelines.cli.summary import end_of_run_line, print_summary
 from pipelines.cli.totals import add_run, totals_line
 from pipelines.core.features import FEATURE_NAMES, schema_hash
 from pipelines.flow.runner import RunResult, ensure_recovery_dir, run_pipeline, shard_config
@@ -229,29 +228,6 @@ def _run_with_progress(s: Settings, store: Any, args: argparse.Namespace) -> Run
             s, store=store, rebuild_state=args.rebuild_state,
             on_source=lambda n: progress.update(task, total=n), on_batch=lambda n: progress.advance(task, n),
         )  # fmt: skip
-
-
-def end_of_run_line(r: RunResult) -> str:
-    """Every counter of the run, as a sentence: events, rate, applied, duplicates, opted out, rejects, rows."""
-    rate = r.events_in / r.seconds if r.seconds > 0 else 0.0
-    rejected = sum(r.rejected.values())
-    reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(r.rejected.items(), key=lambda kv: -kv[1]))
-    rows = ", ".join(f"{v:,} {k}" for k, v in sorted(r.rows_written.items())) or "none"
-    granted = sum(r.actions_granted.values())
-    parts = [
-        f"Read {count(r.events_in, 'event')} in {duration(r.seconds)} ({rate:,.0f} events/s)",
-        f"{r.events_applied:,} applied",
-        f"{r.duplicates:,} duplicate{'s' if r.duplicates != 1 else ''}",
-        f"{r.opted_out:,} opted out",
-        f"{rejected:,} rejected" + (f" ({reasons})" if reasons else ""),
-    ]
-    line = ", ".join(parts) + f". Rows written: {rows}. Actions granted: {granted:,}."
-    if r.events_resumed:
-        line += (
-            f" Resumed: {count(r.events_resumed, 'event')} read by the previous run were applied in this one "
-            f"({count(r.events_in + r.events_resumed, 'event')} over both)."
-        )
-    return line
 
 
 def _run_local_cluster(args: argparse.Namespace, s: Settings, console: Any) -> int:
