@@ -106,7 +106,12 @@ def cmd_query(args: argparse.Namespace) -> int:
         fmt = "table" if sys.stdout.isatty() else "TSV"
     store = open_checked(s, must_exist=True)
     try:
-        if has_format_clause(sql) or fmt.lower() != "table":
+        if has_format_clause(sql):
+            out = store.query_raw(sql, params=params, fmt=None)
+            sys.stdout.buffer.write(out)
+            sys.stdout.buffer.flush()
+            return 0
+        if fmt.lower() != "table":
             out = store.query_raw(sql, params=params, fmt=FORMATS.get(fmt.lower(), fmt))
             sys.stdout.buffer.write(out)
             sys.stdout.buffer.flush()

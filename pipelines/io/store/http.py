@@ -126,7 +126,8 @@ class HttpStore(Store):
         result: pa.Table = self._retrying("query", lambda: self._client.query_arrow(sql, parameters=bound))
         return result
 
-    def query_raw(self, sql: str, *, params: Params | None = None, fmt: str = "TabSeparated") -> bytes:
+    def query_raw(self, sql: str, *, params: Params | None = None, fmt: str | None = "TabSeparated") -> bytes:
+        # clickhouse-connect appends "FORMAT fmt" when given one: None leaves the SQL's own clause alone
         bound = dict(params) if params else None
         out: bytes = self._retrying("query", lambda: self._client.raw_query(sql, parameters=bound, fmt=fmt))
         return out
