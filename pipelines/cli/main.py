@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from importlib import metadata
@@ -94,6 +95,10 @@ def _with_defaults(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.configure(debug=args.verbose, fmt=args.log_format)
+    if not args.verbose:
+        # a step that fails inside Bytewax panics its Rust worker: without this, the panic prints a
+        # 100-line Rust backtrace above the one line that says what failed (-v keeps it)
+        os.environ["RUST_BACKTRACE"] = "0"
     try:
         return int(args.func(args))
     except SystemExit:

@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient
 
 from pipelines.cli.errors import ConfigError, DataError, UnavailableError, redact, root_reason
 from pipelines.io.files import NDJSON_SUFFIXES, TABLE_SUFFIXES, file_bytes
-from pipelines.io.kafka.source import KAFKA_CLIENT_LOG
+from pipelines.io.kafka.clientlog import KAFKA_CLIENT_LOG
 from pipelines.io.kafka.url import parse_kafka_url
 from pipelines.io.store.base import Store, StoreError
 from pipelines.io.store.url import open_store
@@ -95,8 +95,8 @@ def kafka_log_config() -> dict[str, Any]:
     return {"logger": KAFKA_CLIENT_LOG}
 
 
-def check_kafka(url: str, config: Mapping[str, Any], *, timeout_s: float) -> dict[str, int]:
-    """The topic of ``url`` exists on a reachable broker: topic -> partition count, within ``timeout_s``."""
+def check_kafka(url: str, config: Mapping[str, Any], *, timeout_s: float, must_exist: bool = True) -> dict[str, int]:
+    """The topic of ``url`` exists on a reachable broker: topic -> partition count (0: missing, if allowed)."""
     bootstrap, topic = parse_kafka_url(url)
     admin = AdminClient({"bootstrap.servers": bootstrap, **kafka_log_config(), **config})
     try:
@@ -110,6 +110,8 @@ def check_kafka(url: str, config: Mapping[str, Any], *, timeout_s: float) -> dic
             "waits longer, 0 waits forever)"
         ) from err
     meta = md.topics.get(topic)
+    if meta is None and not must_exist:
+        return {topic: 0}
     if meta is None:
         raise ConfigError(f"kafka: topic {topic!r} does not exist on {bootstrap}: create it, or check --input")
     if meta.error is not None:

@@ -125,14 +125,15 @@ def _preflight(s: Settings) -> None:
     """What must hold before anything is created: a loadable model, a free metrics port, a readable input."""
     load_artifact(s.model_dir, expected_schema_hash=schema_hash(), expected_names=FEATURE_NAMES)
     check_port(s.metrics_host, s.metrics_port)
-    if s.input == "simulate":
-        return
-    if s.input.startswith("kafka://"):
-        if s.kafka_connect_timeout_seconds > 0:
-            config = {k: v.get_secret_value() for k, v in s.kafka_config.items()}
+    config = {k: v.get_secret_value() for k, v in s.kafka_config.items()}
+    if s.kafka_connect_timeout_seconds > 0:  # every broker the run reads from or writes to, within the timeout
+        if s.input.startswith("kafka://"):
             check_kafka(s.input, config, timeout_s=s.kafka_connect_timeout_seconds)
-        return
-    input_files(s.input)
+        for url in (s.dead_letter_topic, s.transitions_topic):
+            if url is not None:  # an output topic may be created by the broker on first write
+                check_kafka(url, config, timeout_s=s.kafka_connect_timeout_seconds, must_exist=False)
+    if s.input != "simulate" and not s.input.startswith("kafka://"):
+        input_files(s.input)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

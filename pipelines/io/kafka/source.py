@@ -96,6 +96,7 @@ from confluent_kafka.admin import AdminClient
 
 from pipelines.contract.events import RawBatch
 from pipelines.contract.time import Clock
+from pipelines.io.kafka.clientlog import KAFKA_CLIENT_LOG
 from pipelines.io.kafka.errors import KafkaSourceError
 from pipelines.io.kafka.stop import STOP_REQUESTED
 from pipelines.io.kafka.url import StartPosition, _labels, parse_kafka_start, parse_kafka_url
@@ -105,9 +106,6 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
-#: librdkafka's own log (connection attempts, broker errors) is routed here (the ``logger`` client
-#: option) instead of librdkafka writing it to stderr; an application shows it at its own level.
-KAFKA_CLIENT_LOG = logging.getLogger("lifecycle.kafka.client")
 
 #: How long one ``consume`` call may block the Bytewax worker when the local queue is short.
 POLL_TIMEOUT_S = 0.005
