@@ -282,6 +282,30 @@ def test_a_signal_drains_a_file_run_prints_the_summary_and_the_rerun_reads_the_r
     assert f"Over 2 runs into this state: {total:,} events read, {total:,} applied" in rest.stdout  # both runs
 
 
+def test_a_second_signal_stops_at_once_and_the_rerun_still_completes(
+    long_events: tuple[Path, int], tmp_path: Path
+) -> None:
+    events, total = long_events
+    store, log = tmp_path / "s.chdb", tmp_path / "run.log"
+    args = run_args(events, store, "--batch-events", "100", "--epoch-seconds", "0.2")
+    proc = _start(args, log)
+    deadline = time.monotonic() + 120
+    while "lifecycle run: input=" not in log.read_text(errors="replace"):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    assert proc.wait(60) in (-signal.SIGINT, EXIT_SIGINT)  # ended by the signal itself: the shell shows 130
+    assert time.monotonic() - t0 < 20
+    assert "SIGINT received again: stopping at once" in log.read_text()
+    rest = lifecycle(*args)  # resumes from the last committed epoch
+    assert rest.returncode == 0, rest.stderr
+    assert _read_counts(rest.stdout) <= total
+
+
 # ------------------------------------------------------------------ query
 
 
