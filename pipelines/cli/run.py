@@ -155,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     info = STDERR if not args.quiet else None
     if info is not None:
         info.print(
-            f"lifecycle run: input={s.input} store={store_label(s.store)} model={s.model_dir.name} device={s.device} "
+            f"starting: input={s.input} store={store_label(s.store)} model={s.model_dir.name} device={s.device} "
             f"shards={s.shards} taxonomy={cfg.taxonomy.name}@{cfg.taxonomy.version} "
             f"playbook={cfg.playbook.name}@{cfg.playbook.version} "
             + (f"metrics=http://{s.metrics_host}:{s.metrics_port}/metrics" if s.metrics_port else "metrics=off"),

@@ -43,7 +43,7 @@ def one_error_line(proc: subprocess.CompletedProcess[str], cmd: str) -> str:
     """The single error line on stderr (asserting there is exactly one, and no traceback); returns it."""
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "errors.pydantic.dev" not in proc.stderr, proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"lifecycle {cmd}: ") and "input=" not in ln]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"lifecycle {cmd}: ")]
     assert len(errors) == 1, proc.stderr
     return errors[0]
 
@@ -265,7 +265,7 @@ def test_a_signal_drains_a_file_run_prints_the_summary_and_the_rerun_reads_the_r
     args = run_args(events, store, "--batch-events", "100", "--epoch-seconds", "0.2")
     proc = _start(args, log)
     deadline = time.monotonic() + 120
-    while "lifecycle run: input=" not in log.read_text(errors="replace"):
+    while "starting: input=" not in log.read_text(errors="replace"):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)
     time.sleep(1.5)
@@ -290,7 +290,7 @@ def test_a_second_signal_stops_at_once_and_the_rerun_still_completes(
     args = run_args(events, store, "--batch-events", "100", "--epoch-seconds", "0.2")
     proc = _start(args, log)
     deadline = time.monotonic() + 120
-    while "lifecycle run: input=" not in log.read_text(errors="replace"):
+    while "starting: input=" not in log.read_text(errors="replace"):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)
     time.sleep(1.0)
