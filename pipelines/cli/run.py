@@ -214,10 +214,17 @@ def _run_with_progress(s: Settings, store: Any, args: argparse.Namespace) -> Run
             seen[0] += n
             progress.update(task, events=f"{seen[0]:,}")
 
+        def on_read(n: int, skipped: bool) -> None:
+            if skipped:  # read by an earlier run (a resume): shown as done, kept out of the rate and the ETA
+                done = next(t.completed for t in progress.tasks if t.id == task)
+                progress.reset(task, completed=int(done) + n, events=f"{seen[0]:,}")
+            else:
+                progress.advance(task, n)
+
         with progress:
             return run_pipeline(
                 s, store=store, rebuild_state=args.rebuild_state, on_batch=on_batch,
-                on_read=lambda n: progress.advance(task, n),
+                on_read=on_read,
             )  # fmt: skip
     progress = Progress(
         TextColumn("[bold]events"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),

@@ -104,7 +104,10 @@ def flow_config(s: Settings, streams: Sequence[str] = ()) -> FlowConfig:
 
 
 def make_source(
-    s: Settings, clock: Clock, metrics: PipelineMetrics | None = None, on_read: Callable[[int], None] | None = None
+    s: Settings,
+    clock: Clock,
+    metrics: PipelineMetrics | None = None,
+    on_read: Callable[[int, bool], None] | None = None,
 ) -> tuple[Source[RawBatch], str, int | None]:
     """The source for ``s.input``, its kind label, and the number of events if known up front."""
     if s.input == "simulate":
@@ -176,7 +179,7 @@ def prepare_flow(
     serve_metrics: bool = True,
     source: Source[RawBatch] | None = None,
     rebuild_state: bool = False,
-    on_read: Callable[[int], None] | None = None,
+    on_read: Callable[[int, bool], None] | None = None,
 ) -> tuple[Dataflow, int | None]:
     """Everything but running: model, metrics endpoint, source, the wired flow (and the event count if known)."""
     metrics = PipelineMetrics(registry)
@@ -268,7 +271,7 @@ def run_pipeline(
     serve_metrics: bool = True,
     source: Source[RawBatch] | None = None,
     rebuild_state: bool = False,
-    on_read: Callable[[int], None] | None = None,
+    on_read: Callable[[int, bool], None] | None = None,
 ) -> RunResult:
     """Run the flow until the source ends (files, simulator) or the process is stopped (Kafka)."""
     registry = registry if registry is not None else CollectorRegistry()

@@ -34,8 +34,9 @@ from pipelines.contract.events import RawBatch
 from pipelines.contract.time import Clock
 from pipelines.io.kafka.stop import STOP_REQUESTED
 
-#: Called with the number of (uncompressed) bytes a file partition has just read, or skipped on resume.
-OnRead = Callable[[int], None]
+#: Called with the number of (uncompressed) bytes a file partition has just read (``False``), or skipped
+#: on resume because an earlier run read them (``True``): a progress bar's rate counts only the first.
+OnRead = Callable[[int, bool], None]
 #: Reads a table file (CSV, Parquet) as batches of NDJSON payloads of at most the given size, the same
 #: batches every time (``pipelines.offline.history.raw_batches``; injected: io does not decode tables).
 TableReader = Callable[[Path, int], Iterator[RawBatch]]
@@ -102,7 +103,7 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         if self._pos:
             self._fh.seek(self._pos)
             if on_read is not None:
-                on_read(self._pos)
+                on_read(self._pos, True)
         self._buf = self._fh
         self._done = False
 
@@ -129,7 +130,7 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
                 lines.append(stripped)
                 numbers.append(line_no)
         if self._on_read is not None:
-            self._on_read(pos - self._pos)
+            self._on_read(pos - self._pos, False)
         self._pos, self._line = pos, line_no
         if not lines:
             if self._done:
@@ -176,7 +177,7 @@ class _TablePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
             batch = next(self._it, None)
         if batch is None:
             if self._on_read is not None:  # a table's bytes are not read in order: count the file at its end
-                self._on_read(file_bytes(self._path))
+                self._on_read(file_bytes(self._path), False)
             raise StopIteration()
         self._rows += len(batch.payloads)
         return [dataclasses.replace(batch, source=self._name)]
