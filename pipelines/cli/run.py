@@ -281,7 +281,9 @@ def _run_local_cluster(args: argparse.Namespace, s: Settings, console: Any) -> i
     for i in range(s.processes):
         port = s.metrics_port + i if s.metrics_port else 0
         cmd = [*base, "--process-id", str(i), "--addresses", addresses, "--metrics-port", str(port)]
-        procs.append(subprocess.Popen(cmd))
+        # own process group: a Ctrl-C in the terminal reaches only this parent, which forwards it once
+        # (a member that got it twice, from the terminal and from here, would stop at once, without a drain)
+        procs.append(subprocess.Popen(cmd, process_group=0))
     rc = 0
     while any(p.poll() is None for p in procs):
         # a member that drained on a forwarded signal exits 128 + signal: the others are draining too
