@@ -145,6 +145,14 @@ def validation_line(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+#: Reasons that say the other side is not there (rather than refusing what was sent).
+_UNREACHABLE = re.compile(
+    r"connection refused|name or service not known|timed out|no route to host|network is unreachable|"
+    r"connection reset|temporary failure in name resolution|unavailable",
+    re.IGNORECASE,
+)
+
+
 def classify(err: BaseException) -> CliError:
     """The :class:`CliError` for ``err``: its class decides the exit code, its message the one line.
 
@@ -167,9 +175,10 @@ def classify(err: BaseException) -> CliError:
     if isinstance(cause, KafkaSourceError):
         return UnavailableError(f"kafka: {cause}")
     if isinstance(cause, StoreError):
-        if getattr(cause, "transient", False):
-            return UnavailableError(f"store: {root_reason(cause)}; is the server up?")
-        return DataError(f"store: {root_reason(cause)}")
+        reason = root_reason(cause)
+        if getattr(cause, "transient", False) or _UNREACHABLE.search(reason):
+            return UnavailableError(f"store: {reason}; is the server up and --store (LIFECYCLE_STORE) right?")
+        return DataError(f"store: {reason}")
     if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
         return UnavailableError(f"address already in use ({cause}); choose another port")
     if isinstance(cause, IsADirectoryError):

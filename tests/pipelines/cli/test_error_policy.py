@@ -355,3 +355,30 @@ def test_a_command_group_without_its_subcommand_names_the_choices_exit_2() -> No
     assert proc.returncode == EXIT_USAGE
     assert proc.stderr.strip() == "lifecycle db: a subcommand is required: migrate, status (see lifecycle db --help)"
 
+
+
+# ------------------------------------------------------------------ a failure inside the running flow
+
+
+def test_a_store_lost_mid_run_ends_in_one_line_exit_4_without_a_traceback(
+    long_events: tuple[Path, int], tmp_path: Path
+) -> None:
+    from tests.support.chdb_http import ChdbHttpServer
+
+    log = tmp_path / "run.log"
+    srv = ChdbHttpServer(tmp_path / "server").start()
+    try:
+        args = run_args(long_events[0], srv.url, "--batch-events", "200", "--epoch-seconds", "0.2")
+        proc = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+                                env={**os.environ, "LIFECYCLE_STORE_MAX_OUTAGE_SECONDS": "1"})  # fmt: skip
+        deadline = time.monotonic() + 120
+        while "starting: input=" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        time.sleep(1.0)
+    finally:
+        srv.stop()  # the server goes away while the run writes to it
+    assert proc.wait(120) == EXIT_UNAVAILABLE, log.read_text()
+    err = log.read_text(errors="replace")
+    assert "Traceback" not in err and "stack backtrace" not in err, err
+    assert err.strip().splitlines()[-1].startswith("lifecycle run: store: "), err
