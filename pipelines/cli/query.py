@@ -7,7 +7,7 @@ r"""``lifecycle query``: SQL against the store, printed as clickhouse-client wou
 * ``--param NAME=VALUE`` binds ``{NAME:Type}`` server-side (never pasted into the SQL text).
 * ``--file PATH`` (or the name of a shipped query in ``sql/queries/``, e.g. ``--file at_risk_vips``)
   runs a file instead of the SQL argument.
-* Binary columns (a dead letter's raw payload) show as text with undecodable bytes escaped (``\\xff``).
+* Binary columns (a dead letter's raw payload) show as text with undecodable bytes escaped (``\xff``).
 * A chDB store that does not exist is refused, never created.
 """
 
