@@ -112,8 +112,7 @@ def freshness(users: int, days: int) -> None:
     )
     both = stored.join(batch, on="user_id", suffix="_batch")
     silent = both.filter(
-        pl.col("stage_batch").is_in(ACTIVE)
-        & ((clock - pl.col("last_event_at_batch").dt.epoch("ms")) >= 3 * DAY_MS)
+        pl.col("stage_batch").is_in(ACTIVE) & ((clock - pl.col("last_event_at_batch").dt.epoch("ms")) >= 3 * DAY_MS)
     )
     diff = (silent["churn_risk"] - silent["churn_risk_batch"]).abs()
     emit(
@@ -143,7 +142,7 @@ def cost(users: int, days: int) -> None:
         t, c = time.perf_counter(), _cpu()
         for d in decoded:
             for key, (_, sl) in split_by_shard(d, 4):
-                proc = procs.setdefault(key, ShardProcessor(cfg))
+                proc = procs.setdefault(key, ShardProcessor(cfg, probe=scorer.score_probs))
                 res = proc.process(sl)
                 rows += sum(len(r) for r in res.rows)
                 refreshed += res.refresh_rows

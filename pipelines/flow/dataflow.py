@@ -36,9 +36,10 @@ from bytewax.outputs import Sink
 from pipelines.contract.decode import Decoded, DecodeLimits, decode_batch
 from pipelines.contract.events import RawBatch, Rejection
 from pipelines.contract.time import NEVER, Clock
+from pipelines.core.evaluated import concat_rows
 from pipelines.core.labels import DecideActions, label_rows
 from pipelines.core.rows import Records, reject_records
-from pipelines.core.shard import ShardConfig, ShardProcessor, ShardResult, Slice, concat_rows
+from pipelines.core.shard import ShardConfig, ShardProcessor, ShardResult, Slice
 from pipelines.flow.recovery import FLOW_ID, STATE_STEP
 from pipelines.monitoring.drift import DriftMonitor
 from pipelines.monitoring.metrics import PipelineMetrics
@@ -301,10 +302,10 @@ def build_flow(
 
     def build_logic(resume: dict[str, Any] | None) -> ShardLogic:
         if resume:
-            proc = ShardProcessor.restore(cfg.shard, resume)
+            proc = ShardProcessor.restore(cfg.shard, resume, probe=scorer.score_probs)
             metrics.events_resumed.inc(proc.held_events())  # read by the run that snapshotted them
             return ShardLogic(resume["key"], proc, score, metrics, cfg, clock)
-        return ShardLogic("", ShardProcessor(cfg.shard), score, metrics, cfg, clock)
+        return ShardLogic("", ShardProcessor(cfg.shard, probe=scorer.score_probs), score, metrics, cfg, clock)
 
     processed = op.stateful(STATE_STEP, keyed, build_logic)
     results = op.map("unkey", processed, lambda kv: kv[1])
