@@ -10,7 +10,8 @@ are exactly the ones crossing into the warning.
 The watch closes that gap without scoring everyone hourly. When a user is refreshed at tick
 ``t``, their features are also computed as they will be at ``t + refresh`` if they stay
 silent (features are a function of state and time, so this is exact for a silent user), and
-both are put through the model's probabilities (no attributions). When the at-risk rule
+both are put through the model's probabilities (no attributions), for the rows whose at-risk
+answer depends on the scores at all (:meth:`Taxonomy.at_risk_reads_scores`). When the at-risk rule
 gives a different answer at the two instants while the stage stays the same (a stage change
 has its own exact rule timer), the user is re-evaluated at every tick until the answers
 agree: the stored flag then lags by at most one tick. Everything here is a function of
@@ -58,7 +59,16 @@ def flips_ahead(
         return rows
     later = compute_features(state, rows, t_ms + ahead_ms)
     later_stage = taxonomy.assign_stages(later)
-    churn, propensity = probe(np.concatenate([features, later]))
+    same = later_stage == stage
+    # only rows whose answer depends on the scores go through the model (dormant users, under lifecycle-5,
+    # are never at risk whatever their risk); the rest are decided by features and stage alone
+    reads = same & (taxonomy.at_risk_reads_scores(features, stage) | taxonomy.at_risk_reads_scores(later, later_stage))
+    churn, propensity = np.zeros(2 * n, np.float32), np.zeros(2 * n, np.float32)
+    k = int(reads.sum())
+    if k:
+        c, p = probe(np.concatenate([features[reads], later[reads]]))
+        churn[:n][reads], churn[n:][reads] = c[:k], c[k:]
+        propensity[:n][reads], propensity[n:][reads] = p[:k], p[k:]
     now_flag = taxonomy.at_risk(features, stage, churn[:n], propensity[:n])
     later_flag = taxonomy.at_risk(later, later_stage, churn[n:], propensity[n:])
-    return rows[(now_flag != later_flag) & (later_stage == stage)]
+    return rows[(now_flag != later_flag) & same]
