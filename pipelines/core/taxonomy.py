@@ -152,7 +152,7 @@ def score_points(rule: Condition) -> tuple[tuple[float, ...], tuple[float, ...]]
     compared = [(v, c) for v, _, c in rule.thresholds if v in SCORES]
     if reads != len(compared):
         return None
-    out = []
+    out: list[tuple[float, ...]] = []
     for name in SCORES:
         cuts = sorted({c for v, c in compared if v == name})
         if not cuts:
