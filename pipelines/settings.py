@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     score_batch_rows: int = Field(8192, ge=1, description="max rows per model micro-batch")
     max_event_bytes: int = Field(65_536, ge=64, description="events larger than this are rejected (oversized)")
     max_future_seconds: int = Field(86_400, ge=0, description="events further ahead of the wall clock are rejected")
+    clock_skew_seconds: int = Field(
+        300,
+        ge=0,
+        description="the event clock never runs further ahead of the wall clock: later-dated events are applied at it",
+    )
     allowed_lateness_seconds: int = Field(6 * 3600, ge=0, description="events older than clock minus this are late")
     score_interval_seconds: float = Field(
         3600.0,

@@ -38,6 +38,7 @@ touch state (:mod:`pipelines.core.dedup`) and counted, not dead-lettered.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from dataclasses import dataclass, field
 from typing import Any
@@ -318,7 +319,7 @@ class ShardProcessor:
         """Close tick ``t``: apply its events, evaluate touched, timer-due and refresh-due users as of ``t``."""
         st = self.state
         ev = self._take_held(t)
-        touched = self._apply_into(ev, res)
+        touched = self._apply_into(ev, res, t)
         if self.touched.shape[0] and t >= self.touched_tick:
             touched = np.union1d(touched, self.touched)
             self.touched = np.zeros(0, np.int64)
@@ -353,8 +354,15 @@ class ShardProcessor:
         applied: int
         duplicates: int
 
-    def _apply_into(self, ev: EventColumns, res: ShardResult) -> npt.NDArray[np.int64]:
-        """Apply ``ev``, counting it (and its dead letters) into ``res``; return the rows it touched."""
+    def _apply_into(self, ev: EventColumns, res: ShardResult, t: int) -> npt.NDArray[np.int64]:
+        """Apply tick ``t``'s ``ev``, counting it (and its dead letters) into ``res``; return the rows it touched.
+
+        An event dated after its tick's end (only a future-dated one, whose time the clock was capped
+        at: :func:`pipelines.flow.dataflow.split_by_shard`) is applied as of the tick's end, so neither
+        state nor the dedup windows ever hold a time ahead of the clock.
+        """
+        if len(ev) and int(ev.ts_ms.max()) > t:
+            ev = dataclasses.replace(ev, ts_ms=np.minimum(ev.ts_ms, t))
         applied = self._apply(ev)
         res.rejects += applied.rejects
         res.applied += applied.applied
@@ -363,7 +371,7 @@ class ShardProcessor:
 
     def _apply_early(self, t: int, res: ShardResult) -> npt.NDArray[np.int64]:
         """Apply tick ``t``'s waiting events before it closes; its rows stay touched until it does."""
-        touched = self._apply_into(self._take_held(t), res)
+        touched = self._apply_into(self._take_held(t), res, t)
         self.touched = np.union1d(self.touched, touched)
         return touched
 

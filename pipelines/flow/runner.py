@@ -97,6 +97,7 @@ def flow_config(s: Settings, streams: Sequence[str] = ()) -> FlowConfig:
         limits=DecodeLimits(max_event_bytes=s.max_event_bytes, max_future_ms=s.max_future_seconds * 1000),
         shard=shard_config(s, streams),
         idle_advance_seconds=s.idle_advance_seconds,
+        clock_skew_ms=s.clock_skew_seconds * 1000,
         provisional_window_seconds=s.provisional_window_seconds,
         exchange=s.addresses is not None and len(s.addresses.split(",")) > 1,
     )
