@@ -312,12 +312,12 @@ class _Compiler:
             a, b = self._num(node.left), self._num(node.right)
             if a.is_const and b.is_const:
                 try:
-                    v = float(op(a.const, b.const))
+                    folded = float(op(a.const, b.const))
                 except (ZeroDivisionError, OverflowError) as err:
                     raise self.fail(f"{ast.unparse(node)!r}: {err}") from None
-                if not math.isfinite(v):
+                if not math.isfinite(folded):
                     raise self.fail(f"{ast.unparse(node)!r} is not a finite number")
-                return _Node("num", _const(v), const=v, is_const=True)
+                return _Node("num", _const(folded), const=folded, is_const=True)
             return _Node("num", lambda ctx, n: op(a.fn(ctx, n), b.fn(ctx, n)))
         if isinstance(node, ast.Compare):
             return self._compare(node)
