@@ -30,16 +30,18 @@ from pipelines.io.store.base import Store
 
 _TS = pa.timestamp("ms", tz="UTC")
 
-#: Tables with user data, and how to find a user's rows in each. ``rejected_events`` also matches the
-#: id as a JSON string anywhere in the original bytes: a dead letter whose JSON was too broken to
-#: extract ``user_id`` may still carry the id, and a dead letter that mentions the user is theirs too.
+#: Tables with user data, and how to find a user's rows in each. A dead letter is the user's by the id
+#: the store extracted from its bytes (``rejected_events.user_id``); one whose JSON was too broken for
+#: that (``user_id = ''``) is theirs when its bytes hold the id *as the user_id field*
+#: (``"user_id":"<id>"``): matching the bare id anywhere would take other users' dead letters
+#: (forgetting a user called ``web`` deleted every dead letter with ``"channel":"web"``).
 ERASABLE: dict[str, str] = {
     "user_scores": "user_id = {uid:String}",
     "score_history": "user_id = {uid:String}",
     "stage_transitions": "user_id = {uid:String}",
     "consent": "user_id = {uid:String}",
     "action_exports": "user_id = {uid:String}",
-    "rejected_events": "user_id = {uid:String} OR multiSearchAny(payload, {needles:Array(String)})",
+    "rejected_events": "user_id = {uid:String} OR (user_id = '' AND multiSearchAny(payload, {needles:Array(String)}))",
 }
 #: Tables that the cluster schema shards (``<table>_local`` under a Distributed ``<table>``); the
 #: others are one full copy per node there, deleted from under their own name.
@@ -77,7 +79,9 @@ def forget_user(
         raise ValueError("forget_user needs a non-empty user id")
     if not reason.strip():
         raise ValueError("forget_user needs a reason (it is kept in erasure_log)")
-    needles = sorted({json.dumps(uid, ensure_ascii=False), json.dumps(uid)})  # how producers may have encoded it
+    # the user_id field as producers may have written it (escaped or not, with or without a space)
+    encoded = {json.dumps(uid, ensure_ascii=False), json.dumps(uid)}
+    needles = sorted(f'"user_id"{sep}{enc}' for enc in encoded for sep in (":", ": "))
     params = {"uid": uid, "needles": needles}
     cluster = f" ON CLUSTER '{on_cluster}'" if on_cluster else ""
     counts: dict[str, int] = {}

@@ -256,6 +256,27 @@ def test_forget_removes_the_user_from_every_table_and_logs_only_a_hash(store: Ch
     assert "vip_dormant" not in users(ask(store, "win_back_candidates"))
 
 
+def test_forgetting_a_user_whose_id_is_another_fields_value_deletes_nobody_elses_dead_letters(
+    store: ChdbStore,
+) -> None:
+    """Every crafted event has ``"channel":"wecom"``: a user named ``wecom`` owns none of those dead letters."""
+    broken = '{"event_id":"x1","user_id":"wecom","ts":oops'  # too broken to extract user_id: still theirs
+    store.query(
+        "INSERT INTO rejected_events (received_at, reason, detail, source, partition, offset, payload) "
+        "VALUES (now64(3), 'invalid_json', '', 'test', 0, 999, {p:String})",
+        params={"p": broken},
+    )
+    before = store.query("SELECT count() AS n FROM rejected_events")["n"].to_pylist()[0]
+    assert store.query("SELECT count() AS n FROM rejected_events WHERE position(payload, '\"wecom\"') > 0")[
+        "n"
+    ].to_pylist()[0] >= 2  # the crafted dead letter and the broken one both hold the string
+
+    counts = forget_user(store, "wecom", reason="request")
+
+    assert counts["rejected_events"] == 1  # the broken payload's user_id field, nothing else
+    assert store.query("SELECT count() AS n FROM rejected_events")["n"].to_pylist()[0] == before - 1
+
+
 def test_forget_of_an_unknown_user_changes_nothing_but_is_logged(store: ChdbStore) -> None:
     total = store.query("SELECT count() AS n FROM stage_transitions").to_pylist()
     assert set(forget_user(store, "nobody", reason="request").values()) == {0}
