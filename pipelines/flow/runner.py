@@ -202,7 +202,7 @@ def prepare_flow(
         clock=clock,
         on_batch=on_batch,
         drift=drift,
-        consent=ConsentFilter(store, refresh_seconds=s.consent_refresh_seconds, clock=clock),
+        consent=ConsentFilter(store, refresh_seconds=s.consent_refresh_seconds, clock=clock, metrics=metrics),
         **kafka_outputs(s),
     )
     state = s.state_dir()
