@@ -86,7 +86,7 @@ def test_cluster_schema_serves_pipeline_queries_and_erasure_through_distributed_
 
     store = ChdbStore(tmp_path / "store.chdb", config_file=tmp_path / "cluster.xml")
     try:
-        assert len(apply_migrations(store, sql)) == 6
+        assert len(apply_migrations(store, sql)) == 7
         tables = store.query("SELECT name, engine FROM system.tables WHERE database = currentDatabase()")
         engines = {r["name"]: r["engine"] for r in tables.to_pylist()}
         assert all(engines[t] == "Distributed" and engines[f"{t}_local"].endswith("MergeTree") for t in SHARDED)

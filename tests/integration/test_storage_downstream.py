@@ -147,6 +147,25 @@ def test_at_risk_vips_are_active_vips_who_did_not_opt_out(store: ChdbStore) -> N
     assert users(ask(store, "at_risk_vips")) == {"vip_active"}
 
 
+def test_no_marketing_users_are_absent_from_every_shipped_audience_query(store: ChdbStore) -> None:
+    """``--no-marketing`` users stay scored but no audience selects them (before: stage_audience,
+    win_back_candidates and transitions_since filtered only opt-outs)."""
+    refused = ["vip_dormant", "new_user", "regular_churned"]
+    set_consent(store, refused, False, "test", marketing=False)
+    epoch = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    picked: set[str] = set()
+    for stage in STAGES:
+        picked |= users(ask(store, "stage_audience", stage=stage))
+    picked |= users(ask(store, "win_back_candidates"))
+    picked |= users(ask(store, "transitions_since", since=epoch, until=dt.datetime.now(dt.UTC)))
+    queue = ask(store, "action_queue", action="", max_age_hours=24 * 365, limit=1000)
+    picked |= users(queue)
+    assert picked and not picked & set(refused)
+    assert users(ask(store, "stage_audience", stage="growing")) == {"busy", "regular_active"}  # the rest stay
+    scored = store.query("SELECT user_id FROM user_scores FINAL").column("user_id").to_pylist()
+    assert set(refused) <= set(scored)  # still scored: marketing consent is not an opt-out
+
+
 def _expected_transitions() -> set[tuple[str, str, str]]:
     path = {
         "busy": ["growing"],
