@@ -211,6 +211,25 @@ def test_every_core_object_validates_against_the_kubernetes_schemas(objs: list[O
     kubernetes_validate.validate(_secret_example(), KUBERNETES_VERSION, strict=True)
 
 
+def test_only_the_pipelines_own_pods_reach_the_cluster_port_and_only_prometheus_the_metrics_port(
+    objs: list[Obj],
+) -> None:
+    policy = _one(objs, "NetworkPolicy", "lifecycle")
+    sts = _one(objs, "StatefulSet", "lifecycle")
+    pods = sts["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert all(pods.get(k) == v for k, v in policy["spec"]["podSelector"]["matchLabels"].items())
+    by_port = {r["ports"][0]["port"]: r["from"] for r in policy["spec"]["ingress"]}
+    assert set(by_port) == {"cluster", "metrics"}  # nothing else is admitted
+    (peer,) = by_port["cluster"]
+    assert set(peer) == {"podSelector"}  # this namespace's pods, and of those only the pipeline's
+    assert all(pods.get(k) == v for k, v in peer["podSelector"]["matchLabels"].items())
+    (prom,) = by_port["metrics"]
+    assert set(prom) == {"namespaceSelector", "podSelector"}
+    container_ports = {p["name"] for c in sts["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+    assert {"cluster", "metrics"} <= container_ports  # the named ports exist
+
+
 def test_the_strict_validator_rejects_a_broken_statefulset() -> None:
     """Guard against a validator that passes everything (missing schemas, lax mode)."""
     good = _sts(render_builtin(K8S))
