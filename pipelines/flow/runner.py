@@ -31,7 +31,7 @@ from pipelines.contract.events import RawBatch
 from pipelines.contract.time import Clock
 from pipelines.core.shard import ShardConfig
 from pipelines.flow.dataflow import FlowConfig, build_flow
-from pipelines.flow.recovery import recovery_parts
+from pipelines.flow.recovery import check_trusted, ensure_private, recovery_parts
 from pipelines.io.files import FileSource, IteratorSource
 from pipelines.io.kafka.sinks import KafkaDeadLetterSink, KafkaTransitionsSink
 from pipelines.io.kafka.source import KafkaBatchSource
@@ -206,6 +206,8 @@ def prepare_flow(
         **kafka_outputs(s),
     )
     state = s.state_dir()
+    if state is not None:
+        check_trusted(state)  # before Bytewax unpickles anything from it
     if state is not None and s.addresses is None:
         # single process: create the store on first use. A cluster's recovery partitions are
         # made before its processes start (`--processes` does it; on Kubernetes each pod
@@ -323,8 +325,9 @@ def ensure_recovery_dir(path: Path, parts: int) -> None:
     """Create a Bytewax recovery store of ``parts`` partitions on first use (no-op when it exists)."""
 
     if not recovery_parts(path):
-        path.mkdir(parents=True, exist_ok=True)
+        ensure_private(path)
         init_db_dir(path, parts)
+        ensure_private(path)
 
 
 def _total(registry: CollectorRegistry, sample: str) -> float:
