@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     store: str = Field("chdb://./data/lifecycle.chdb", description="chdb://PATH or http(s)://HOST:PORT/DB")
     store_user: str = Field("default", description="ClickHouse server user (http store)")
     store_password: SecretStr = Field(SecretStr(""), description="ClickHouse server password (http store)")
+    erasure_salt: SecretStr = Field(
+        SecretStr(""),
+        description="secret key of the HMAC that erasure_log and the suppression list keep instead of user ids",
+    )
     store_retry_initial_seconds: float = Field(
         0.5, gt=0, description="first wait before retrying an insert while the store is unavailable (doubles per retry)"
     )

@@ -202,7 +202,13 @@ def prepare_flow(
         clock=clock,
         on_batch=on_batch,
         drift=drift,
-        consent=ConsentFilter(store, refresh_seconds=s.consent_refresh_seconds, clock=clock, metrics=metrics),
+        consent=ConsentFilter(
+            store,
+            refresh_seconds=s.consent_refresh_seconds,
+            clock=clock,
+            metrics=metrics,
+            salt=check_erasure_salt(store, s),
+        ),
         **kafka_outputs(s),
     )
     state = s.state_dir()
@@ -222,6 +228,22 @@ class HasStreams(Protocol):
     """A source that names its event-time streams up front (files, the simulator, Kafka partitions)."""
 
     def streams(self) -> list[str]: ...
+
+
+def check_erasure_salt(store: Store, s: Settings) -> bytes:
+    """The erasure HMAC key; refuse to start without it against a store that has erased users.
+
+    Without the key the pipeline cannot recognise an erased user, and a replay would bring them back.
+    """
+    salt = s.erasure_salt.get_secret_value().encode()
+    if not salt:
+        n = store.query("SELECT count() AS n FROM suppressed FINAL WHERE suppressed").to_pylist()[0]["n"]
+        if n:
+            raise StateError(
+                f"the store has {n} erased user(s) but LIFECYCLE_ERASURE_SALT is not set: the pipeline could not "
+                "recognise them and would score them again; set it to the key forget used"
+            )
+    return salt
 
 
 def check_state(store: Store, state: Path, *, rebuild: bool) -> None:

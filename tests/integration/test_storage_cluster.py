@@ -86,7 +86,7 @@ def test_cluster_schema_serves_pipeline_queries_and_erasure_through_distributed_
 
     store = ChdbStore(tmp_path / "store.chdb", config_file=tmp_path / "cluster.xml")
     try:
-        assert len(apply_migrations(store, sql)) == 7
+        assert len(apply_migrations(store, sql)) == 8
         tables = store.query("SELECT name, engine FROM system.tables WHERE database = currentDatabase()")
         engines = {r["name"]: r["engine"] for r in tables.to_pylist()}
         assert all(engines[t] == "Distributed" and engines[f"{t}_local"].endswith("MergeTree") for t in SHARDED)
@@ -122,7 +122,7 @@ def test_cluster_schema_serves_pipeline_queries_and_erasure_through_distributed_
         queue = ask("action_queue", action="", max_age_hours=24 * 365, limit=1000)
         assert "vip_active" in queue and queue == acted - set(OPTED_OUT)  # vip_care for an at-risk VIP
 
-        counts = forget_user(store, "vip_dormant", reason="test", table_suffix="_local")
+        counts = forget_user(store, "vip_dormant", reason="test", salt=b"k", table_suffix="_local")
         assert counts["user_scores"] and counts["stage_transitions"] and counts["rejected_events"]
         for t in SHARDED:
             n = store.query(f"SELECT count() AS n FROM {t}_local WHERE user_id = 'vip_dormant'").column("n")
