@@ -264,6 +264,22 @@ def test_async_insert_waits_for_the_flush(tmp_path: Path) -> None:
             store.close()
 
 
+def test_async_insert_retried_after_a_lost_response_lands_once(tmp_path: Path) -> None:
+    # The served engine deduplicates an async insert only when asked to (async_insert_deduplicate=1), as the
+    # servers before the unified deduplicate_insert do: without it the retry below wrote every row twice.
+    with FlakyServer(tmp_path / "served", code=319, after_commit=True) as srv:
+        store = HttpStore(srv.url, async_insert=True, sleep=lambda s: None)
+        try:
+            migrate(store, DEFAULT_SQL)
+            srv.arm(1)
+            store.insert("user_scores", score_rows([f"u{i}" for i in range(40)], version=9))
+            assert len(srv.inserts) == 2
+            assert _count(store, "user_scores") == 40  # raw rows, not FINAL
+            assert _count(store, "score_history") == 40
+        finally:
+            store.close()
+
+
 def test_deduplication_token_depends_on_table_and_content_only() -> None:
     a = score_rows(["a", "b"], version=1)
     same = score_rows(["a", "b"], version=1)
