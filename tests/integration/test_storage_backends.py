@@ -233,6 +233,21 @@ def test_permanent_errors_are_not_retried(tmp_path: Path) -> None:
             store.close()
 
 
+def test_a_retry_refused_because_the_timed_out_insert_still_holds_its_session_is_retried(tmp_path: Path) -> None:
+    # clickhouse-connect sends every request of a client in one session; a server runs one query per session,
+    # so the retry of an insert that timed out on the client is refused (Code 373) while the first still runs
+    with ChdbHttpServer(tmp_path / "served") as srv:
+        store = HttpStore(srv.url, timeout_seconds=1, backoff_seconds=0.2)
+        try:
+            migrate(store, DEFAULT_SQL)
+            srv.slow_down(2.5, count=1, inserts_only=True)
+            store.insert("user_scores", score_rows(["a", "b", "c"], version=4))
+            assert sum(1 for r in srv.log if r.table == "user_scores") >= 3  # timed out, refused (373), then taken
+            assert _count(store, "user_scores") == 3
+        finally:
+            store.close()
+
+
 def test_insert_survives_a_server_restart_between_attempts(tmp_path: Path) -> None:
     srv = ChdbHttpServer(tmp_path / "served").start()
 

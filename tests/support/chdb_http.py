@@ -658,8 +658,10 @@ class ChdbHttpServer:
     def slow_down(self, seconds: float, *, count: int | None = None, inserts_only: bool = False) -> None:
         """Delay the answer to the next ``count`` requests (``None``: every one) by ``seconds``.
 
-        The delay comes before the request runs and outside the engine lock, so concurrent
-        requests are delayed side by side, as on a slow network or an overloaded server.
+        The delay comes before the request runs, inside its session: requests of other sessions are
+        delayed side by side, as on an overloaded server, and a request in the same session meanwhile
+        (a client's retry after its timeout) is refused with Code 373 (SESSION_IS_LOCKED), as a real
+        server refuses it while the first query still runs.
         ``slow_down(0)`` ends it.
         """
         with self._state_lock:
@@ -705,8 +707,6 @@ class ChdbHttpServer:
         bind = {k.removeprefix("param_"): v for k, v in params.items() if k.startswith("param_")}
         head = _INSERT_HEAD.match(full[:_INSERT_HEAD_WINDOW])
         delay = self._take_delay(head is not None)
-        if delay:
-            time.sleep(delay)
         t0 = time.perf_counter()
         settings = _settings(params)
         table = _insert_target(head.group(1).decode()) if head is not None else ""
@@ -718,6 +718,8 @@ class ChdbHttpServer:
         session_id = params.get("session_id", "")
         session = engine.acquire(session_id)
         try:
+            if delay:  # the slow query holds its session: a retry in the same session meanwhile gets Code 373
+                time.sleep(delay)
             if head is None:
                 session.prepare(params)
                 return self._query(session, full.decode(), params, bind, t0)

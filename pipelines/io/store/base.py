@@ -55,6 +55,7 @@ TRANSIENT_ERROR_CODES: frozenset[int] = frozenset(
         279,  # ALL_CONNECTION_TRIES_FAILED
         285,  # TOO_FEW_LIVE_REPLICAS
         319,  # UNKNOWN_STATUS_OF_INSERT
+        373,  # SESSION_IS_LOCKED: the retry of a timed-out query while the server still runs the first
         425,  # SYSTEM_ERROR
         999,  # KEEPER_EXCEPTION
     }
