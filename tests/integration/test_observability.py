@@ -53,7 +53,6 @@ PACE_S = 0.2
 #: reference (PSI ~0.5 on churn_risk and purchase_propensity).
 EXPECTED_FIRING = {
     "LifecycleScoreFreshnessSLOBreach": "a backfill: 30 days of events replayed in seconds (the rule says so)",
-    "LifecycleScoresStale": "open: one shard's staleness climbs past 2 days mid-run",
     "LifecycleScoreDrift": "open: a 30-day cold start against a steady-state reference",
 }
 #: Panels whose value after a finished run is known exactly.

@@ -101,3 +101,19 @@ def test_idle_advance_is_off_by_default_for_replays() -> None:
     score = ScoreStep(Scorer.from_dir(DEFAULT_MODEL, device="cpu"), cfg.shard, metrics, _Clock(0))
     logic = ShardLogic("s0", ShardProcessor(cfg.shard), score, metrics, cfg, _Clock(0))
     assert logic.notify_at() is None
+
+
+def test_a_churned_user_who_returns_is_refreshed_daily_again_not_on_the_churned_weekly_cadence() -> None:
+    # before: the returning user kept the weekly entry of their churned days, and their score went up to a
+    # week stale while they were active again (the staleness alert fired on a healthy replay)
+    proc = ShardProcessor(ShardConfig())
+    proc.process(columns([("back", T0, "page_view")]))
+    for day in range(1, 60):  # silent for 59 days: churned after 45, refreshed weekly then
+        proc.process(columns([("clock", T0 + day * D, "page_view")]))
+    back = T0 + 60 * D
+    proc.process(columns([("back", back, "page_view")]))
+    seen = []
+    for hour in range(1, 3 * 24):
+        res = proc.process(columns([("clock", back + hour * H, "page_view")]))
+        seen += _evaluated_at(proc, "back", res)
+    assert seen and seen[0] - back <= D + H  # the first refresh one day after their return
