@@ -52,7 +52,9 @@ def _settings(tmp: Path, **over: object) -> Settings:
     return Settings(store=f"chdb://{tmp}/store.chdb", **opts)
 
 
-def _core_run(users: int, days: int, seed: int, user_slice: tuple[int, int] | None) -> dict[str, float]:
+def _core_run(
+    users: int, days: int, seed: int, user_slice: tuple[int, int] | None, **settings: object
+) -> dict[str, float]:
     """Simulate (not timed), then stream the in-memory JSON batches through the real flow."""
     sim = simulate(SimConfig(users=users, days=days, seed=seed))
     events = sim.events
@@ -63,7 +65,7 @@ def _core_run(users: int, days: int, seed: int, user_slice: tuple[int, int] | No
     batches = list(iter_ndjson_batches(events, 50_000))
     tmp = Path(tempfile.mkdtemp(prefix="lifecycle-core-"))
     try:
-        s = _settings(tmp)
+        s = _settings(tmp, **settings)
         src = IteratorSource("bench", lambda: iter(batches))
         store = open_migrated_store(s)
         res = run_pipeline(s, registry=CollectorRegistry(), store=store, serve_metrics=False, source=src)

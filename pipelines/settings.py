@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     store: str = Field("chdb://./data/lifecycle.chdb", description="chdb://PATH or http(s)://HOST:PORT/DB")
     store_user: str = Field("default", description="ClickHouse server user (http store)")
     store_password: SecretStr = Field(SecretStr(""), description="ClickHouse server password (http store)")
+    erasure_salt: SecretStr = Field(
+        SecretStr(""),
+        description="secret key of the HMAC that erasure_log and the suppression list keep instead of user ids",
+    )
     store_retry_initial_seconds: float = Field(
         0.5, gt=0, description="first wait before retrying an insert while the store is unavailable (doubles per retry)"
     )
@@ -58,6 +62,11 @@ class Settings(BaseSettings):
     score_batch_rows: int = Field(8192, ge=1, description="max rows per model micro-batch")
     max_event_bytes: int = Field(65_536, ge=64, description="events larger than this are rejected (oversized)")
     max_future_seconds: int = Field(86_400, ge=0, description="events further ahead of the wall clock are rejected")
+    clock_skew_seconds: int = Field(
+        300,
+        ge=0,
+        description="the event clock never runs further ahead of the wall clock: later-dated events are applied at it",
+    )
     allowed_lateness_seconds: int = Field(6 * 3600, ge=0, description="events older than clock minus this are late")
     score_interval_seconds: float = Field(
         3600.0,

@@ -123,6 +123,8 @@ def _run(args: argparse.Namespace, action: str) -> int:
             print(f"applied {len(ran)} migration(s){': ' + ', '.join(ran) if ran else ''}")
             print(f"schema at {discover(sql_dir)[-1].name}")
         elif action == "forget":
+            salt = settings.erasure_salt.get_secret_value().encode()
+            key = user_hash(args.user, salt)  # a missing key stops here, before anything is deleted
             state_rows = None
             state = settings.state_dir()
             explicit = settings.recovery_dir is not None
@@ -134,9 +136,14 @@ def _run(args: argparse.Namespace, action: str) -> int:
                 state_rows = erase_from_recovery(state, [args.user], shard_config(settings))
             on_cluster = args.cluster
             counts = forget_user(
-                store, args.user, reason=args.reason, table_suffix="_local" if on_cluster else "", on_cluster=on_cluster
+                store,
+                args.user,
+                reason=args.reason,
+                salt=salt,
+                table_suffix="_local" if on_cluster else "",
+                on_cluster=on_cluster,
             )
-            out: dict[str, object] = {"user_hash": user_hash(args.user), "rows_deleted": counts}
+            out: dict[str, object] = {"user_hash": key, "rows_deleted": counts}
             if state_rows is not None:
                 out["state_rows_erased"] = state_rows
             print(json.dumps(out))
@@ -145,7 +152,8 @@ def _run(args: argparse.Namespace, action: str) -> int:
                 n = set_consent(store, args.user, False, args.source, marketing=False)
                 what = "no-marketing"
             else:
-                n = set_consent(store, args.user, bool(args.opted_out), args.source)
+                salt = settings.erasure_salt.get_secret_value().encode()
+                n = set_consent(store, args.user, bool(args.opted_out), args.source, salt=salt)
                 what = "opt-out" if args.opted_out else "opt-in"
             print(f"recorded {what} for {n} user(s)")
     except (ValueError, StoreError) as err:

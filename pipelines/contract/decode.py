@@ -61,6 +61,9 @@ class Decoded:
     #: the raw batch's stream and whether it is caught up (:class:`~pipelines.contract.events.RawBatch`)
     stream: str = ""
     caught_up: bool = False
+    #: the newest event time this batch may move its stream's clock to (the wall clock plus the allowed skew):
+    #: an event dated later is applied, at the capped clock, but cannot drag the clock into the future
+    clock_cap_ms: int = 2**62
 
 
 class _WireEvent(msgspec.Struct, gc=False):

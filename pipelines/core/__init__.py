@@ -8,7 +8,9 @@ directly. Imports only :mod:`pipelines.contract`.
 * :mod:`rules` (the safe rule language), :mod:`taxonomy` (stages, tiers, at-risk as configuration),
   :mod:`defaults` (the shipped default taxonomy and playbook), :mod:`playbook` and :mod:`ledger`
   (next-best actions with cooldowns and caps, kept in shard state).
-* :mod:`shard`: :class:`shard.ShardProcessor`, one shard's processing step. Its
+* :mod:`shard`: :class:`shard.ShardProcessor`, one shard's processing step; :mod:`evaluated`
+  (:class:`evaluated.FeatureRows`, the users it evaluated at a tick) and :mod:`watch` (the at-risk
+  watch: users whose model-driven flag flips before their next refresh are evaluated every tick). Its
   ``snapshot()`` / ``restore()`` are the recovery contract: a processor restored from a
   snapshot behaves exactly as the one that took it, and erasure goes through them too.
 * :mod:`scores` (what the model says: the contract with :mod:`pipelines.scoring`),
@@ -19,6 +21,7 @@ directly. Imports only :mod:`pipelines.contract`.
 __all__ = [
     "dedup",
     "defaults",
+    "evaluated",
     "features",
     "labels",
     "ledger",
@@ -30,4 +33,5 @@ __all__ = [
     "state",
     "taxonomy",
     "timers",
+    "watch",
 ]

@@ -24,11 +24,11 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from pipelines.core.evaluated import FeatureRows
 from pipelines.core.ledger import ActionLedger
 from pipelines.core.playbook import Decisions, Playbook, decide, playbook_context
 from pipelines.core.rows import ACTION_COLUMNS, Labels, Records, action_columns, score_records
 from pipelines.core.scores import Scores
-from pipelines.core.shard import FeatureRows
 from pipelines.core.taxonomy import Taxonomy
 
 

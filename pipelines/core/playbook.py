@@ -67,6 +67,9 @@ class ActionSpec:
     cooldown_ms: int
     daily_cap: int | None  # None: no cap
     description: str = ""
+    #: a marketing action goes only to users with marketing consent, whatever the rules say; a service
+    #: action (``marketing: false``, e.g. a VIP's 1:1 care call) may go to anyone scored
+    marketing: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +192,8 @@ def parse_playbook(doc: Located, taxonomy: Taxonomy) -> Playbook:
             raise doc.error(at, f"action name {an!r}: use letters, digits and _ (and not 'none')")
         spec = spec or {}
         check_type(doc, spec, dict, at)
-        only_keys(doc, spec, ("cooldown_days", "daily_cap", "description"), at)
+        only_keys(doc, spec, ("cooldown_days", "daily_cap", "description", "marketing"), at)
+        marketing = bool(check_type(doc, spec.get("marketing", True), bool, (*at, "marketing")))
         cd = float(check_type(doc, spec.get("cooldown_days", 0), (int, float), (*at, "cooldown_days")))
         if cd < 0:
             raise doc.error((*at, "cooldown_days"), f"must be >= 0, got {cd}")
@@ -198,7 +202,7 @@ def parse_playbook(doc: Located, taxonomy: Taxonomy) -> Playbook:
             check_type(doc, cap, int, (*at, "daily_cap"))
             if cap < 0:
                 raise doc.error((*at, "daily_cap"), f"must be >= 0, got {cap}")
-        actions.append(ActionSpec(an, int(round(cd * DAY_MS)), cap, str(spec.get("description", ""))))
+        actions.append(ActionSpec(an, int(round(cd * DAY_MS)), cap, str(spec.get("description", "")), marketing))
     if len(actions) > 127:
         raise doc.error(("actions",), "at most 127 actions")
     names = [a.name for a in actions]
@@ -293,6 +297,8 @@ def decide(
             chosen[cand] = -1
             continue
         spec = pb.actions[rule.action]
+        if spec.marketing:  # enforced here, not left to each rule's "and marketing_consent"
+            cand &= np.asarray(ctx["marketing_consent"], bool)
         g = ledger.given[rows, rule.action].astype(np.int64) * 1000
         cand &= (g == 0) | (now_ms - g >= spec.cooldown_ms)
         idx = np.flatnonzero(cand)

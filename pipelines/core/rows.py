@@ -13,10 +13,10 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from pipelines.contract.events import Rejection
+from pipelines.core.evaluated import FeatureRows
 from pipelines.core.ledger import ActionLedger
 from pipelines.core.playbook import Decisions, Playbook, action_names, rule_names
 from pipelines.core.scores import Scores
-from pipelines.core.shard import FeatureRows
 from pipelines.core.taxonomy import Taxonomy
 
 _TS = pa.timestamp("ms", tz="UTC")

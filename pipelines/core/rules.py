@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,13 +81,30 @@ def dotted(key: Sequence[str | int]) -> str:
     return out or "(document)"
 
 
+#: an operator file larger than this is refused (the shipped ones are a few KiB)
+MAX_YAML_BYTES = 1 << 20
+
+
 def load_yaml(path: Path) -> Located:
-    """Parse ``path`` keeping each value's line; syntax errors name the file and line."""
+    """Parse ``path`` keeping each value's line; syntax errors name the file and line.
+
+    YAML aliases (``*name``) are refused: expanding them is how a 300-byte file becomes a million
+    values (an alias bomb) or a cycle, and a taxonomy or playbook has no need of them.
+    """
     try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise RuleError(f"{path}: {size} bytes; an operator file may have at most {MAX_YAML_BYTES}")
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise RuleError(f"{path}: cannot read: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise RuleError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                line = event.start_mark.line + 1 if event.start_mark is not None else 1
+                raise RuleError(f"{path}:{line}: YAML alias *{event.anchor}: aliases are not allowed; write it out")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
@@ -221,15 +239,39 @@ def compile_condition(source: Any, vocab: Vocabulary, where: Callable[[str], Rul
     text = source.strip()
     if text in ALWAYS:
         return Condition(text, (), lambda ctx, n: np.ones(n, bool))
+    if len(text) > MAX_RULE_CHARS:
+        raise where(f"a condition of {len(text)} characters; at most {MAX_RULE_CHARS} (split it into params or stages)")
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as err:
         raise where(f"cannot parse {text!r}: {err.msg} (column {err.offset})") from None
+    except ValueError as err:  # e.g. a NUL byte
+        raise where(f"cannot parse the condition: {err}") from None
+    except (RecursionError, MemoryError):
+        raise where(f"a condition nested too deeply to parse (at most {MAX_RULE_DEPTH} levels)") from None
+    depth = _depth(tree)
+    if depth > MAX_RULE_DEPTH:
+        raise where(f"a condition nested {depth} levels deep; at most {MAX_RULE_DEPTH} (a + b + ... nests too)")
     c = _Compiler(vocab, where)
     node = c.visit(tree.body)
     if node.kind != "bool":
         raise where(f"{text!r} is a {_KIND_WORD[node.kind]}, not a condition (compare it with something)")
     return Condition(text, tuple(c.thresholds), node.fn)
+
+
+#: bounds on one condition: the compiler and numpy's evaluation recurse once per level
+MAX_RULE_CHARS = 4_000
+MAX_RULE_DEPTH = 100
+
+
+def _depth(tree: ast.AST) -> int:
+    """The deepest nesting of ``tree``, counted without recursion (a hostile file may nest thousands deep)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        stack.extend((child, d + 1) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 _KIND_WORD = {"num": "number", "bool": "condition", "cat": "category", "str": "string", "strs": "list of strings"}
@@ -269,8 +311,13 @@ class _Compiler:
                 raise self.fail(f"operator {type(node.op).__name__} is not allowed (use + - * /)")
             a, b = self._num(node.left), self._num(node.right)
             if a.is_const and b.is_const:
-                v = op(a.const, b.const)
-                return _Node("num", _const(v), const=v, is_const=True)
+                try:
+                    folded = float(op(a.const, b.const))
+                except (ZeroDivisionError, OverflowError) as err:
+                    raise self.fail(f"{ast.unparse(node)!r}: {err}") from None
+                if not math.isfinite(folded):
+                    raise self.fail(f"{ast.unparse(node)!r} is not a finite number")
+                return _Node("num", _const(folded), const=folded, is_const=True)
             return _Node("num", lambda ctx, n: op(a.fn(ctx, n), b.fn(ctx, n)))
         if isinstance(node, ast.Compare):
             return self._compare(node)

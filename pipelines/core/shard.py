@@ -19,8 +19,9 @@ events alone, never of batch sizes, of how streams interleave, or of restarts:
   the tick's events (deduplicated, in a canonical order) and evaluates, as of
   ``t``: every user touched in the tick, every user whose rule timer is due (a
   ``days_since_*`` threshold of the taxonomy) and every user whose refresh is due
-  (each live user once per ``refresh_ms`` of event time, at a phase fixed by their
-  key; churned users once per ``refresh_churned_ms``). Events of later ticks wait,
+  (each live user whose last evaluation is ``refresh_ms`` of event time old; churned
+  users ``refresh_churned_ms``; and users the at-risk watch, :mod:`pipelines.core.watch`,
+  asked to see again). Events of later ticks wait,
   unapplied, until their tick closes (their memory is bounded by how far streams
   drift apart; ``max_held_events`` forces closes beyond that).
 * **Transitions.** A user's stage is the stage of their latest evaluation at a
@@ -37,6 +38,7 @@ touch state (:mod:`pipelines.core.dedup`) and counted, not dead-lettered.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,58 +50,14 @@ from pipelines.contract.events import EventColumns, Rejection, RejectReason
 from pipelines.contract.time import DAY_MS, NEVER
 from pipelines.core.dedup import Deduplicator
 from pipelines.core.defaults import default_playbook, default_taxonomy
+from pipelines.core.evaluated import FeatureRows
 from pipelines.core.features import compute_features
 from pipelines.core.ledger import ActionLedger
 from pipelines.core.playbook import Playbook
 from pipelines.core.state import ShardState
 from pipelines.core.taxonomy import Taxonomy
-from pipelines.core.timers import Timers, refresh_due
-
-
-@dataclass(frozen=True, slots=True)
-class FeatureRows:
-    """Users evaluated at one closed tick, with their features as of it."""
-
-    user_id: npt.NDArray[np.object_]
-    rows: npt.NDArray[np.int64]  # the users' rows in the shard state (action ledger, consent lookups)
-    features: npt.NDArray[np.float32]
-    stage: npt.NDArray[np.int8]
-    prev_stage: npt.NDArray[np.int8]  # -1: first time this user is scored
-    last_event_ms: npt.NDArray[np.int64]  # newest event of the user
-    #: rows evaluated because their own events changed them (not a timer or refresh): the
-    #: only rows whose event-to-score delay is a freshness measurement
-    from_events: npt.NDArray[np.bool_]
-    #: the tick (event-time ms) the rows were evaluated at: monotonic per user, the ReplacingMergeTree
-    #: version; per row when rows of several ticks travel together (:func:`concat_rows`, in tick order)
-    version: int | npt.NDArray[np.int64]
-    read_at_ms: int  # wall-clock ms the newest contributing batch was read (0 for timer-only rows)
-    #: rows scored by a flush without committing their stage (see :meth:`ShardProcessor.flush`): the playbook
-    #: grants them nothing (a grant changes state); None = no such row
-    provisional: npt.NDArray[np.bool_] | None = None
-
-    def __len__(self) -> int:
-        return int(self.user_id.shape[0])
-
-
-def concat_rows(parts: list[FeatureRows]) -> FeatureRows:
-    """Rows of several ticks as one block, in tick order, each row with its own ``version``."""
-    if len(parts) == 1:
-        return parts[0]
-    n = [len(p) for p in parts]
-    prov = [p.provisional if p.provisional is not None else np.zeros(len(p), bool) for p in parts]
-    any_prov = any(p.provisional is not None for p in parts)
-    return FeatureRows(
-        user_id=np.concatenate([p.user_id for p in parts]),
-        rows=np.concatenate([p.rows for p in parts]),
-        features=np.concatenate([p.features for p in parts]),
-        stage=np.concatenate([p.stage for p in parts]),
-        prev_stage=np.concatenate([p.prev_stage for p in parts]),
-        last_event_ms=np.concatenate([p.last_event_ms for p in parts]),
-        from_events=np.concatenate([p.from_events for p in parts]),
-        version=np.concatenate([np.full(k, p.version, np.int64) for k, p in zip(n, parts, strict=True)]),
-        read_at_ms=max(p.read_at_ms for p in parts),
-        provisional=np.concatenate(prov) if any_prov else None,
-    )
+from pipelines.core.timers import Timers
+from pipelines.core.watch import RiskProbe, flips_ahead
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,12 +140,19 @@ class ShardProcessor:
         dedup: Deduplicator | None = None,
         ledger: ActionLedger | None = None,
         refresh: Timers | None = None,
+        probe: RiskProbe | None = None,
     ) -> None:
         self.cfg = cfg
+        #: the model's probabilities, for the at-risk watch (:mod:`pipelines.core.watch`); None: no watch
+        self.probe = probe
         self.state = state or ShardState()
         self.dedup = dedup or Deduplicator(cfg.dedup_window_ms, cfg.dedup_max_keys)
         self.timers = timers or Timers(cfg.taxonomy.timers, cfg.timer_bucket_ms)
+        #: one entry per committed evaluation, one interval after it; entries of users evaluated again since
+        #: are stale and skipped when they pop (their newer entry is still there)
         self.refresh = refresh or Timers((), cfg.timer_bucket_ms)
+        #: the at-risk watch's "evaluate at the next tick" entries (never stale)
+        self.watching = Timers((), cfg.timer_bucket_ms)
         #: per-user action history and the day's cap counters (playbooks): part of the shard state
         self.ledger = ledger or ActionLedger(cfg.playbook.action_names, cfg.playbook.rule_ids())
         #: newest event time read per stream: the lateness reference and the watermark's inputs
@@ -264,10 +229,11 @@ class ShardProcessor:
     def flush(self) -> ShardResult:
         """End of input: close every tick up to the newest frontier, score the open tick provisionally.
 
-        The open tick's events are applied (so a snapshot taken now holds them) but its users are
-        evaluated *provisionally*: rows are written, their stage is not committed, no transition
-        and no playbook grant follow, and they stay marked as touched. A later load or a resumed
-        run closes that tick as an uninterrupted run would.
+        The open tick's events are applied (so a snapshot taken now holds them) but its users, and
+        those whose refresh or rule timer falls due at its end, are evaluated *provisionally*: rows
+        are written, their stage is not committed, no transition and no playbook grant follow, and
+        the touched stay marked as touched. A later load or a resumed run closes that tick as an
+        uninterrupted run would; the store ends as of that tick, as ``lifecycle score`` would see it.
         """
         newest = max(self.frontier.values(), default=NEVER)
         res = self._close_through(newest)
@@ -277,10 +243,15 @@ class ShardProcessor:
             self._apply_early(t_open, res)
         if self.touched.shape[0]:
             self.touched_tick = t_open if self.touched_tick == NEVER else min(self.touched_tick, t_open)
-            live = self.touched[self.state.user_id[self.touched] != ""]
-            if live.shape[0]:
-                rows = self._rows(live, self.touched_tick, from_events=live, commit=False, read_at_ms=0)
-                res.rows.append(rows)
+        at = self.touched_tick if self.touched.shape[0] else t_open
+        # and the users whose refresh or rule timer is due at that tick, so the store ends as of it
+        refresh = np.union1d(self._stale_free(self.refresh.peek_due(at), at), self.watching.peek_due(at))
+        due = np.union1d(refresh, self.timers.peek_due(at))
+        rows = np.union1d(self.touched, due)
+        rows = rows[self.state.user_id[rows] != ""]
+        if rows.shape[0]:
+            quiet = ~np.isin(rows, self.touched) & ~np.isin(rows, refresh)
+            res.rows.append(self._rows(rows, at, from_events=self.touched, commit=False, read_at_ms=0, quiet=quiet))
         return res
 
     # ------------------------------------------------------------------ ticks
@@ -323,7 +294,8 @@ class ShardProcessor:
 
     def _next_due(self) -> int | None:
         """The next tick with work: held events, a rule timer or a refresh (as a tick boundary)."""
-        cands = [t for t in (self.timers.next_due_ms(), self.refresh.next_due_ms()) if t is not None]
+        wheels = (self.timers, self.refresh, self.watching)
+        cands = [t for t in (w.next_due_ms() for w in wheels) if t is not None]
         due = [self._tick_of(t) for t in cands]  # the first tick boundary at or after the due time
         if self._held_heap:
             due.append(self._held_heap[0])
@@ -347,7 +319,7 @@ class ShardProcessor:
         """Close tick ``t``: apply its events, evaluate touched, timer-due and refresh-due users as of ``t``."""
         st = self.state
         ev = self._take_held(t)
-        touched = self._apply_into(ev, res)
+        touched = self._apply_into(ev, res, t)
         if self.touched.shape[0] and t >= self.touched_tick:
             touched = np.union1d(touched, self.touched)
             self.touched = np.zeros(0, np.int64)
@@ -355,22 +327,22 @@ class ShardProcessor:
         st.clock_ms = max(st.clock_ms, t)
         self.timers.schedule(touched, st.ts)
         due = self.timers.pop_due(t)
-        refresh = self.refresh.pop_due(t)
+        refresh = np.union1d(self._stale_free(self.refresh.pop_due(t), t), self.watching.pop_due(t))
         rows = np.union1d(np.union1d(touched, due), refresh)
         rows = rows[st.user_id[rows] != ""]  # timers of erased users hold nobody
         self.closed_ms = t
         res.ticks += 1
         if rows.shape[0] == 0:
             return
-        first = rows[st.scored_ms[rows] == NEVER]
-        rescheduled = np.union1d(first, refresh[st.user_id[refresh] != ""])
         # a rule timer re-evaluates a user to catch a change of stage: without one (the user acted again since
         # it was set, or another threshold holds) there is nothing to write until the refresh or an event
         timer_only = ~np.isin(rows, touched) & ~np.isin(rows, refresh)
         fr = self._rows(
             rows, t, from_events=touched, commit=True, read_at_ms=ev.read_at_ms if len(ev) else 0, quiet=timer_only
         )
-        self._schedule_refresh(rescheduled, t)
+        self._schedule_refresh(fr.rows, t)
+        if self.probe is not None:
+            self._watch(fr, refresh, t)
         res.timer_rows += int(np.isin(rows, due).sum())
         res.refresh_rows += int(np.isin(rows, refresh).sum())
         res.rows.append(fr)
@@ -382,8 +354,15 @@ class ShardProcessor:
         applied: int
         duplicates: int
 
-    def _apply_into(self, ev: EventColumns, res: ShardResult) -> npt.NDArray[np.int64]:
-        """Apply ``ev``, counting it (and its dead letters) into ``res``; return the rows it touched."""
+    def _apply_into(self, ev: EventColumns, res: ShardResult, t: int) -> npt.NDArray[np.int64]:
+        """Apply tick ``t``'s ``ev``, counting it (and its dead letters) into ``res``; return the rows it touched.
+
+        An event dated after its tick's end (only a future-dated one, whose time the clock was capped
+        at: :func:`pipelines.flow.dataflow.split_by_shard`) is applied as of the tick's end, so neither
+        state nor the dedup windows ever hold a time ahead of the clock.
+        """
+        if len(ev) and int(ev.ts_ms.max()) > t:
+            ev = dataclasses.replace(ev, ts_ms=np.minimum(ev.ts_ms, t))
         applied = self._apply(ev)
         res.rejects += applied.rejects
         res.applied += applied.applied
@@ -392,7 +371,7 @@ class ShardProcessor:
 
     def _apply_early(self, t: int, res: ShardResult) -> npt.NDArray[np.int64]:
         """Apply tick ``t``'s waiting events before it closes; its rows stay touched until it does."""
-        touched = self._apply_into(self._take_held(t), res)
+        touched = self._apply_into(self._take_held(t), res, t)
         self.touched = np.union1d(self.touched, touched)
         return touched
 
@@ -449,18 +428,42 @@ class ShardProcessor:
             provisional=None if commit else np.ones(rows.shape[0], bool),
         )
 
-    def _schedule_refresh(self, rows: npt.NDArray[np.int64], after_ms: int) -> None:
-        """The next refresh of ``rows`` after ``after_ms``, at each user's phase (churned users less often)."""
-        if rows.shape[0] == 0:
-            return
-        st, cfg = self.state, self.cfg
-        keys = st.user_key[rows]
+    def _interval(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Each row's refresh interval, by its committed stage (churned users less often)."""
+        cfg = self.cfg
+        out = np.full(rows.shape[0], cfg.refresh_ms, np.int64)
         churned = self._churned_code()
-        slow = (st.stage[rows] == churned) if churned is not None else np.zeros(rows.shape[0], bool)
-        due = refresh_due(keys, after_ms, cfg.refresh_ms, cfg.timer_bucket_ms)
-        if slow.any():
-            due[slow] = refresh_due(keys[slow], after_ms, cfg.refresh_churned_ms, cfg.timer_bucket_ms)
-        self.refresh.schedule_at(rows, due)
+        if churned is not None:
+            out[self.state.stage[rows] == churned] = cfg.refresh_churned_ms
+        return out
+
+    def _schedule_refresh(self, rows: npt.NDArray[np.int64], evaluated_ms: int | npt.NDArray[np.int64]) -> None:
+        """The next refresh of ``rows``: one interval after their evaluation at ``evaluated_ms``.
+
+        An evaluation for any reason (an event, a stage change, a refresh) restarts the interval,
+        so a user active every day is never refreshed: refresh rows are the silent users' alone.
+        """
+        if rows.shape[0]:
+            self.refresh.schedule_at(rows, evaluated_ms + self._interval(rows))
+
+    def _stale_free(self, popped: npt.NDArray[np.int64], t: int) -> npt.NDArray[np.int64]:
+        """Of the refresh entries due at ``t``, the live users whose last committed evaluation is an interval old."""
+        st = self.state
+        popped = popped[st.user_id[popped] != ""]
+        scored = st.scored_ms[popped]
+        return popped[(scored != NEVER) & (scored + self._interval(popped) <= t)]
+
+    def _watch(self, fr: FeatureRows, refresh: npt.NDArray[np.int64], t: int) -> None:
+        """Refreshed users whose at-risk flag flips within a refresh interval: evaluate them again next tick."""
+        assert self.probe is not None
+        sel = np.isin(fr.rows, refresh)
+        if not sel.any():
+            return
+        tax = self.cfg.taxonomy
+        flips = flips_ahead(
+            self.probe, tax, self.state, fr.rows[sel], fr.features[sel], fr.stage[sel], t, self.cfg.refresh_ms
+        )
+        self.watching.schedule_at(flips, np.full(flips.shape[0], t + 1, np.int64))
 
     def _churned_code(self) -> int | None:
         names = self.cfg.taxonomy.stages
@@ -493,6 +496,8 @@ class ShardProcessor:
             "timers": self.timers.snapshot(),
             "refresh": self.refresh.snapshot(),
             "refresh_ms": (self.cfg.refresh_ms, self.cfg.refresh_churned_ms),
+            "refresh_since": "evaluation",
+            "watching": self.watching.snapshot(),
             "frontier": dict(self.frontier),
             "caught_up": sorted(self.caught_up),
             "closed_ms": self.closed_ms,
@@ -505,7 +510,7 @@ class ShardProcessor:
         }
 
     @classmethod
-    def restore(cls, cfg: ShardConfig, snap: dict[str, Any]) -> ShardProcessor:
+    def restore(cls, cfg: ShardConfig, snap: dict[str, Any], probe: RiskProbe | None = None) -> ShardProcessor:
         """Resume from :meth:`snapshot`, under ``cfg``'s taxonomy and playbook.
 
         A snapshot taken under another taxonomy holds stage codes of that
@@ -519,7 +524,7 @@ class ShardProcessor:
         pb = cfg.playbook
         led = snap.get("ledger")
         ledger = ActionLedger.restore(led, pb.action_names, pb.rule_ids()) if led is not None else None
-        proc = cls(cfg, st, Timers.restore(snap["timers"]), Deduplicator.restore(snap["dedup"]), ledger)
+        proc = cls(cfg, st, Timers.restore(snap["timers"]), Deduplicator.restore(snap["dedup"]), ledger, probe=probe)
         # streams of an earlier input that this one does not feed can send nothing more: they hold no tick back
         kept = {str(k): int(v) for k, v in snap["frontier"].items() if not cfg.streams or k in cfg.streams}
         proc.frontier.update(kept)
@@ -536,11 +541,13 @@ class ShardProcessor:
         if tuple(proc.timers.specs) != tuple(cfg.taxonomy.timers):
             proc.timers = Timers(cfg.taxonomy.timers, cfg.timer_bucket_ms)
             proc.timers.schedule(live, st.ts)
-        if tuple(snap["refresh_ms"]) == (cfg.refresh_ms, cfg.refresh_churned_ms):
+        same = tuple(snap["refresh_ms"]) == (cfg.refresh_ms, cfg.refresh_churned_ms)
+        if same and snap.get("refresh_since") == "evaluation":
             proc.refresh = Timers.restore(snap["refresh"])
-        else:
+            proc.watching = Timers.restore(snap["watching"])
+        else:  # another interval, or the fixed-phase wheel of older snapshots: one interval after each evaluation
             scored = live[st.scored_ms[live] != NEVER]
-            proc._schedule_refresh(scored, max(proc.closed_ms, 0))
+            proc._schedule_refresh(scored, st.scored_ms[scored])
         return proc
 
     def _hold_at(self, t: int, part: EventColumns) -> None:

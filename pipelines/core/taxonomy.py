@@ -22,7 +22,9 @@ of the stage rules alone.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +100,9 @@ class Taxonomy:
     #: (state timestamp column, ms) for every ``days_since_*``/``tenure_days`` comparison in any rule: the
     #: instants at which a label may change without a new event (:class:`pipelines.core.timers.Timers`)
     timers: tuple[tuple[str, int], ...] = ()
+    #: per score, one value from every region the at-risk rule's constants cut it into (the rule is constant
+    #: within a region), when the rule reads scores only in comparisons with constants; None: it does not
+    at_risk_points: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     source: str = ""
     fingerprint: str = ""
 
@@ -113,6 +118,49 @@ class Taxonomy:
     def at_risk(self, f: F32, stage: npt.NDArray[np.int8], churn_risk: F32, propensity: F32) -> npt.NDArray[np.bool_]:
         ctx = FeatureContext(f, {"churn_risk": churn_risk, "purchase_propensity": propensity, "stage": stage})
         return self.at_risk_rule.evaluate(ctx, f.shape[0]).copy()
+
+    def at_risk_reads_scores(self, f: F32, stage: npt.NDArray[np.int8]) -> npt.NDArray[np.bool_]:
+        """Rows whose at-risk answer depends on the scores (the others get it from features and stage alone).
+
+        Exact when the rule compares scores with constants only (:func:`score_points`): the answer is
+        then the same for any scores exactly when it is the same at one point of every region.
+        """
+        n = f.shape[0]
+        if self.at_risk_points is None:
+            return np.ones(n, bool)
+        churn_pts, prop_pts = self.at_risk_points
+        first: npt.NDArray[np.bool_] | None = None
+        differs = np.zeros(n, bool)
+        for c, p in itertools.product(churn_pts, prop_pts):
+            got = self.at_risk(f, stage, np.full(n, c, np.float32), np.full(n, p, np.float32))
+            if first is None:
+                first = got
+            else:
+                differs |= got != first
+        return differs
+
+
+def score_points(rule: Condition) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """For a rule that reads ``churn_risk``/``purchase_propensity`` only as ``score <op> constant``: a value of
+    each score from every region its constants cut the line into; None when it reads them any other way.
+    """
+    try:
+        tree = ast.parse(rule.source, mode="eval")
+    except SyntaxError:
+        return None
+    reads = sum(1 for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id in SCORES)
+    compared = [(v, c) for v, _, c in rule.thresholds if v in SCORES]
+    if reads != len(compared):
+        return None
+    out: list[tuple[float, ...]] = []
+    for name in SCORES:
+        cuts = sorted({c for v, c in compared if v == name})
+        if not cuts:
+            out.append((0.0,))
+            continue
+        mids = [(a + b) / 2 for a, b in itertools.pairwise(cuts)]
+        out.append(tuple(sorted({cuts[0] - 1.0, *cuts, *mids, cuts[-1] + 1.0})))
+    return out[0], out[1]
 
 
 def _first_match(ctx: FeatureContext, n: int, ordered: list[tuple[int, Condition]]) -> npt.NDArray[np.int8]:
@@ -278,6 +326,7 @@ def parse_taxonomy(doc: Located) -> Taxonomy:
         tiers=tuple(tiers),
         tier_rules=tuple(tier_rules),
         at_risk_rule=at_risk,
+        at_risk_points=score_points(at_risk),
         params=params,
         silence_days=tuple(sorted({c for c, _ in silence})),
         silence_ms=tuple(silence_ms),

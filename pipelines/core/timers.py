@@ -8,8 +8,8 @@ Two uses, one wheel:
   reference timestamp (``last_active_ts``, ``last_acquire_ts``, ...) is ``t`` is due
   at ``t + threshold`` for each such threshold.
 * **Refresh** (:meth:`Timers.schedule_at`): every live user is re-evaluated at least
-  once per refresh interval of event time, at a phase fixed by their key
-  (:func:`refresh_due`), so the re-evaluations of a day spread evenly over it.
+  once per refresh interval of event time: each evaluation schedules the next one
+  interval later (:meth:`pipelines.core.shard.ShardProcessor._schedule_refresh`).
 
 Due times are bucketed (default one hour; a bucket fires at its end, so a timer is
 never early and at most one bucket late). Each bucket holds the rows scheduled into
@@ -96,6 +96,14 @@ class Timers:
             return np.zeros(0, np.int64)
         return np.unique(np.concatenate(parts))
 
+    def peek_due(self, clock_ms: int) -> npt.NDArray[np.int64]:
+        """What :meth:`pop_due` would return, leaving every timer in place (a provisional look at a tick)."""
+        through = clock_ms // self.bucket_ms
+        if through <= self._fired_through:
+            return np.zeros(0, np.int64)
+        parts = [a for b, lst in self._buckets.items() if b <= through for a in lst]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
     def pending(self) -> int:
         """Scheduled entries (an upper bound on rows with a pending timer)."""
         return sum(a.shape[0] for lst in self._buckets.values() for a in lst)
@@ -116,18 +124,3 @@ class Timers:
         t._buckets = {int(b): [a] for b, a in snap["buckets"].items()}
         t._heap = sorted(t._buckets)
         return t
-
-
-def refresh_phase_ms(user_key: npt.NDArray[np.int64], interval_ms: int, bucket_ms: int) -> npt.NDArray[np.int64]:
-    """Each user's refresh phase within the interval: a whole bucket, from the key (stable, evenly spread)."""
-    slots = max(1, interval_ms // bucket_ms)
-    return (user_key.view(np.uint64) % np.uint64(slots)).astype(np.int64) * bucket_ms
-
-
-def refresh_due(
-    user_key: npt.NDArray[np.int64], after_ms: int, interval_ms: int, bucket_ms: int
-) -> npt.NDArray[np.int64]:
-    """The first time strictly after ``after_ms`` at each user's phase of the ``interval_ms`` wheel."""
-    phase = refresh_phase_ms(user_key, interval_ms, bucket_ms)
-    k = (after_ms - phase) // interval_ms + 1
-    return phase + k * interval_ms

@@ -36,9 +36,10 @@ from bytewax.outputs import Sink
 from pipelines.contract.decode import Decoded, DecodeLimits, decode_batch
 from pipelines.contract.events import RawBatch, Rejection
 from pipelines.contract.time import NEVER, Clock
+from pipelines.core.evaluated import concat_rows
 from pipelines.core.labels import DecideActions, label_rows
 from pipelines.core.rows import Records, reject_records
-from pipelines.core.shard import ShardConfig, ShardProcessor, ShardResult, Slice, concat_rows
+from pipelines.core.shard import ShardConfig, ShardProcessor, ShardResult, Slice
 from pipelines.flow.recovery import FLOW_ID, STATE_STEP
 from pipelines.monitoring.drift import DriftMonitor
 from pipelines.monitoring.metrics import PipelineMetrics
@@ -57,6 +58,8 @@ class FlowConfig:
     #: live freshness: while event time is within this of the wall clock, the open tick's touched users are
     #: also scored provisionally at once (their committed rows follow at the tick's end); 0 = off
     provisional_window_seconds: float = 0.0
+    #: the event clock may run at most this far ahead of the wall clock (events dated later move it no further)
+    clock_skew_ms: int = 300_000
     #: several processes: sub-batches cross process boundaries, so each must carry only
     #: its own raw payloads (not a reference to the whole batch) when pickled
     exchange: bool = False
@@ -79,9 +82,11 @@ def split_by_shard(d: Decoded, shards: int) -> list[tuple[str, tuple[str, Slice]
     the batch's order) and the batch's newest event time. So every shard sees every stream
     move, closes the same ticks, and fires its timers even when none of its own users spoke.
     The value repeats the key because Bytewax builds stateful logic from the resume state alone.
+    Event times count towards the clock only up to the batch's ``clock_cap_ms`` (the wall clock plus
+    the allowed skew): a few future-dated events cannot make every genuine one after them late.
     """
     ev = d.events
-    ts = ev.ts_ms
+    ts = np.minimum(ev.ts_ms, d.clock_cap_ms)
     front = np.maximum.accumulate(ts) if ts.shape[0] else np.zeros(0, np.int64)
     newest = int(ts.max()) if ts.shape[0] else NEVER
     if shards == 1:
@@ -274,7 +279,9 @@ def build_flow(
     in_counter = metrics.events_in.labels(source=source_kind)
 
     def decode(batch: RawBatch) -> Decoded:
-        d = decode_batch(batch, now_ms=int(clock() * 1000), limits=cfg.limits)
+        now_ms = int(clock() * 1000)
+        d = decode_batch(batch, now_ms=now_ms, limits=cfg.limits)
+        d = dataclasses.replace(d, clock_cap_ms=now_ms + cfg.clock_skew_ms)
         in_counter.inc(d.total)
         count_rejects(metrics, d.rejects)
         if consent is not None:
@@ -301,10 +308,10 @@ def build_flow(
 
     def build_logic(resume: dict[str, Any] | None) -> ShardLogic:
         if resume:
-            proc = ShardProcessor.restore(cfg.shard, resume)
+            proc = ShardProcessor.restore(cfg.shard, resume, probe=scorer.score_probs)
             metrics.events_resumed.inc(proc.held_events())  # read by the run that snapshotted them
             return ShardLogic(resume["key"], proc, score, metrics, cfg, clock)
-        return ShardLogic("", ShardProcessor(cfg.shard), score, metrics, cfg, clock)
+        return ShardLogic("", ShardProcessor(cfg.shard, probe=scorer.score_probs), score, metrics, cfg, clock)
 
     processed = op.stateful(STATE_STEP, keyed, build_logic)
     results = op.map("unkey", processed, lambda kv: kv[1])

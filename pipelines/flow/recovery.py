@@ -13,13 +13,19 @@ the dataflow is built with them, and the snapshots are found by the step id
 Bytewax derives from them (:data:`STATE_SNAPSHOT_STEP_ID`).
 
 Snapshots are pickles written by Bytewax; they are read as Bytewax reads them
-(``pickle``): only erase in a recovery store that the pipeline wrote.
+(``pickle``), so a snapshot is code: whoever can write the recovery store can run
+code as the pipeline. :func:`check_trusted` refuses a store that is not owned by
+this user or is writable by others, before anything is read from it (the pipeline
+on start, ``lifecycle forget``); :func:`ensure_private` creates it 0700 with
+0600 partitions (SQLite creates its journal files with the database's mode).
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import sqlite3
+import stat
 from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
@@ -38,6 +44,45 @@ STATE_STEP = "state"
 #: the ``snaps.step_id`` of that step's snapshots: Bytewax (0.21) names a step by its dotted path in the
 #: flow, and ``op.stateful`` is built on a ``stateful_batch`` substep, which is the one that snapshots
 STATE_SNAPSHOT_STEP_ID = f"{FLOW_ID}.{STATE_STEP}.stateful_batch"
+
+
+class UntrustedStateError(ValueError):
+    """The recovery store could have been written by someone else: its snapshots are not read."""
+
+
+def check_trusted(path: Path) -> None:
+    """Raise :class:`UntrustedStateError` unless only this user can have written ``path`` and its files.
+
+    A crafted pickle there would run as this user on resume. Trusted: owned by this user (or root,
+    who can do anything anyway: a mounted volume's root), writable by nobody else, except by this
+    user's own primary group (a Kubernetes volume with ``fsGroup`` is group-writable for the pod).
+    """
+    if not path.exists():
+        return
+    me, my_group = os.geteuid(), os.getegid()
+    for p in [path, *sorted(path.iterdir())]:
+        st = p.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            raise UntrustedStateError(f"recovery store {p}: a symbolic link; the state must be its own files")
+        if st.st_uid not in (me, 0):
+            raise UntrustedStateError(
+                f"recovery store {p}: owned by uid {st.st_uid}, not this user (uid {me}); its snapshots are code "
+                f"(pickles): chown it, or start over with --rebuild-state"
+            )
+        if st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and st.st_gid != my_group):
+            raise UntrustedStateError(
+                f"recovery store {p}: writable by group or others (mode {stat.S_IMODE(st.st_mode):o}); its "
+                f"snapshots are code (pickles), so a crafted one would run as this user: chmod go-w {p}"
+            )
+
+
+def ensure_private(path: Path) -> None:
+    """Make a recovery store this user's alone: the directory 0700, its files 0600."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    for p in path.iterdir():
+        if p.is_file() and not p.is_symlink():
+            p.chmod(0o600)
 
 
 def recovery_parts(path: Path) -> list[Path]:
@@ -60,6 +105,7 @@ def erase_from_recovery(recovery_dir: Path, user_ids: Iterable[str], shard_cfg: 
     if any(not u.strip() for u in ids):
         raise ValueError("erase_from_recovery needs non-empty user ids")
     keys = hash_strings(ids)
+    check_trusted(recovery_dir)
     parts = recovery_parts(recovery_dir)
     if not parts:
         raise ValueError(f"{recovery_dir}: not a Bytewax recovery store (no part-*.sqlite3)")

@@ -31,7 +31,7 @@ from pipelines.contract.events import RawBatch
 from pipelines.contract.time import Clock
 from pipelines.core.shard import ShardConfig
 from pipelines.flow.dataflow import FlowConfig, build_flow
-from pipelines.flow.recovery import recovery_parts
+from pipelines.flow.recovery import check_trusted, ensure_private, recovery_parts
 from pipelines.io.files import FileSource, IteratorSource
 from pipelines.io.kafka.sinks import KafkaDeadLetterSink, KafkaTransitionsSink
 from pipelines.io.kafka.source import KafkaBatchSource
@@ -98,6 +98,7 @@ def flow_config(s: Settings, streams: Sequence[str] = ()) -> FlowConfig:
         limits=DecodeLimits(max_event_bytes=s.max_event_bytes, max_future_ms=s.max_future_seconds * 1000),
         shard=shard_config(s, streams),
         idle_advance_seconds=s.idle_advance_seconds,
+        clock_skew_ms=s.clock_skew_seconds * 1000,
         provisional_window_seconds=s.provisional_window_seconds,
         exchange=s.addresses is not None and len(s.addresses.split(",")) > 1,
     )
@@ -214,10 +215,18 @@ def prepare_flow(
         clock=clock,
         on_batch=on_batch,
         drift=drift,
-        consent=ConsentFilter(store, refresh_seconds=s.consent_refresh_seconds, clock=clock),
+        consent=ConsentFilter(
+            store,
+            refresh_seconds=s.consent_refresh_seconds,
+            clock=clock,
+            metrics=metrics,
+            salt=check_erasure_salt(store, s),
+        ),
         **kafka_outputs(s),
     )
     state = s.state_dir()
+    if state is not None:
+        check_trusted(state)  # before Bytewax unpickles anything from it
     if state is not None and s.addresses is None:
         # single process: create the store on first use. A cluster's recovery partitions are
         # made before its processes start (`--processes` does it; on Kubernetes each pod
@@ -232,6 +241,22 @@ class HasStreams(Protocol):
     """A source that names its event-time streams up front (files, the simulator, Kafka partitions)."""
 
     def streams(self) -> list[str]: ...
+
+
+def check_erasure_salt(store: Store, s: Settings) -> bytes:
+    """The erasure HMAC key; refuse to start without it against a store that has erased users.
+
+    Without the key the pipeline cannot recognise an erased user, and a replay would bring them back.
+    """
+    salt = s.erasure_salt.get_secret_value().encode()
+    if not salt:
+        n = store.query("SELECT count() AS n FROM suppressed FINAL WHERE suppressed").to_pylist()[0]["n"]
+        if n:
+            raise StateError(
+                f"the store has {n} erased user(s) but LIFECYCLE_ERASURE_SALT is not set: the pipeline could not "
+                "recognise them and would score them again; set it to the key forget used"
+            )
+    return salt
 
 
 def check_state(store: Store, state: Path, *, rebuild: bool) -> None:
@@ -336,8 +361,9 @@ def ensure_recovery_dir(path: Path, parts: int) -> None:
     """Create a Bytewax recovery store of ``parts`` partitions on first use (no-op when it exists)."""
 
     if not recovery_parts(path):
-        path.mkdir(parents=True, exist_ok=True)
+        ensure_private(path)
         init_db_dir(path, parts)
+        ensure_private(path)
 
 
 def _total(registry: CollectorRegistry, sample: str) -> float:

@@ -61,6 +61,11 @@ class PipelineMetrics:
         self.sink_errors = Counter(
             "lifecycle_sink_errors", "Store inserts that failed for good (the worker stops)", ["table"], registry=r
         )
+        self.consent_loaded = Gauge(
+            "lifecycle_consent_loaded",
+            "1 once the consent list (opt-outs) is loaded; 0 while the pipeline waits for it, scoring nothing",
+            registry=r,
+        )
         self.store_up = Gauge(
             "lifecycle_store_up",
             "1 while the store takes inserts, 0 from an insert's first transient failure until one succeeds",

@@ -16,7 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from pipelines.contract.events import EventColumns
-from pipelines.core.shard import FeatureRows, ShardConfig, ShardProcessor
+from pipelines.core.evaluated import FeatureRows
+from pipelines.core.shard import ShardConfig, ShardProcessor
 from pipelines.monitoring.drift import DriftReference, build_reference
 from pipelines.scoring.scorer import Scorer
 

@@ -38,8 +38,8 @@ import pyarrow.parquet as pq
 from pipelines.contract.decode import DecodeLimits, decode_batch
 from pipelines.contract.events import EventColumns, RawBatch
 from pipelines.contract.time import DAY_MS
+from pipelines.core.evaluated import FeatureRows
 from pipelines.core.features import compute_features
-from pipelines.core.shard import FeatureRows
 from pipelines.core.state import ShardState
 from pipelines.core.taxonomy import Taxonomy
 from pipelines.io.files import read_batches

@@ -6,7 +6,9 @@
 -- (after its cooldown) has a new action_at and queues again.
 -- Fresh: granted within `max_age_hours` before the store's newest grant (event time, so replays of history
 -- behave like the live stream): a stopped exporter does not flood users with stale actions when it returns.
--- Users who opted out (consent) are left out.
+-- Users who opted out (consent) are left out, and so is a grant made before its user refused marketing
+-- (marketing_refused); the playbook grants marketing actions only to users with marketing consent, so a
+-- newer grant to such a user is a service action (`marketing: false`) and queues.
 -- Parameters: action String ('' = every action), max_age_hours UInt32, limit UInt64.
 SELECT
     s.user_id AS user_id,
@@ -22,10 +24,11 @@ SELECT
     s.playbook AS playbook,
     s.playbook_version AS playbook_version
 FROM user_scores AS s FINAL
+LEFT ANY JOIN marketing_refused AS r ON r.user_id = s.user_id
 WHERE s.action != 'none'
   AND ({action:String} = '' OR s.action = {action:String})
   AND s.action_at >= (SELECT max(action_at) FROM user_scores) - toIntervalHour({max_age_hours:UInt32})
   AND (s.user_id, s.action, assumeNotNull(s.action_at)) NOT IN (SELECT user_id, action, action_at FROM action_exports)
-  AND s.user_id NOT IN (SELECT user_id FROM consent FINAL WHERE opted_out)
+  AND NOT (r.user_id != '' AND (r.opted_out OR r.updated_at >= s.action_at))
 ORDER BY action_at, user_id
 LIMIT {limit:UInt64}

@@ -1,6 +1,6 @@
 -- Current stage audience: every user whose latest score puts them in one stage, for that stage's
 -- playbook (welcome for new, nurture for growing, VIP care for mature, reactivation for dormant, ...).
--- Users who opted out of automated marketing (consent) are left out.
+-- Users who opted out or refused marketing (the marketing_refused view) are left out.
 -- Parameters: stage String, one of new, growing, mature, dormant, churned.
 SELECT
     user_id,
@@ -14,5 +14,5 @@ SELECT
     model_version
 FROM user_scores FINAL
 WHERE stage = {stage:String}
-  AND user_id NOT IN (SELECT user_id FROM consent FINAL WHERE opted_out)
+  AND user_id NOT IN (SELECT user_id FROM marketing_refused)
 ORDER BY churn_risk DESC, user_id

@@ -5,7 +5,7 @@
 -- transitions that arrive late. Take until = now() minus a few seconds, so inserts still in flight
 -- (their inserted_at is set before they commit) fall into the next pull.
 -- At-least-once: a pipeline replay writes a transition again (with a new inserted_at), so consumers
--- deduplicate on (user_id, to_stage, at). Users who opted out are left out.
+-- deduplicate on (user_id, to_stage, at). Users who opted out or refused marketing (marketing_refused) are left out.
 -- Parameters: since DateTime64(3, 'UTC'), until DateTime64(3, 'UTC').
 SELECT
     user_id,
@@ -20,5 +20,5 @@ SELECT
 FROM stage_transitions FINAL
 WHERE inserted_at > {since:DateTime64(3, 'UTC')}
   AND inserted_at <= {until:DateTime64(3, 'UTC')}
-  AND user_id NOT IN (SELECT user_id FROM consent FINAL WHERE opted_out)
+  AND user_id NOT IN (SELECT user_id FROM marketing_refused)
 ORDER BY inserted_at, at, user_id

@@ -1,5 +1,5 @@
 -- Win-back candidates: users who are dormant (休眠期) or churned (流失期), have value (tier vip or
--- regular: they have bought before), and have not opted out of automated marketing.
+-- regular: they have bought before), and have neither opted out nor refused marketing (marketing_refused).
 -- VIPs first, then the likeliest to buy again.
 -- Parameters: none.
 SELECT
@@ -13,5 +13,5 @@ SELECT
 FROM user_scores FINAL
 WHERE stage IN ('dormant', 'churned')
   AND tier IN ('vip', 'regular')
-  AND user_id NOT IN (SELECT user_id FROM consent FINAL WHERE opted_out)
+  AND user_id NOT IN (SELECT user_id FROM marketing_refused)
 ORDER BY tier = 'vip' DESC, purchase_propensity DESC, user_id

@@ -7,12 +7,12 @@ every derived number in the text and every Kubernetes default that no longer fol
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+
+from tests.support.prometheus import require_prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "operations.md"
@@ -131,9 +131,7 @@ def test_the_prometheus_scrape_config_in_the_doc_is_valid(tmp_path: Path) -> Non
     assert len(blocks) == 1
     config = yaml.safe_load(blocks[0])
     assert config["scrape_configs"][0]["job_name"] == "lifecycle"  # what the alert rules select
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed: the scrape config was checked as YAML only")
+    promtool = require_prometheus().promtool  # installed by the suite when missing
     # Debian's Prometheus is built without Kubernetes discovery: check everything else (relabel rules
     # included) with a static target in its place.
     (job,) = config["scrape_configs"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from configparser import ConfigParser
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.settings import Settings
+from tests.support.prometheus import debian_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "infra" / "systemd" / "lifecycle-scoring.service"
@@ -103,10 +103,8 @@ def test_unit_is_hardened_and_points_at_the_env_file_and_state_directories() -> 
 
 
 def _systemd_analyze() -> str:
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        pytest.skip("systemd-analyze not installed: the unit was checked by the parser tests only")
-    return tool
+    """systemd-analyze, from Debian's ``systemd`` package (installed by the suite when missing)."""
+    return str(debian_tool("systemd-analyze", "systemd"))
 
 
 def _unit_with_executable(tmp_path: Path) -> Path:

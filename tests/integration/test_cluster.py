@@ -1,4 +1,10 @@
-"""Scale-out: a 2-process Bytewax cluster computes exactly what one process computes."""
+"""Scale-out: a 2-process Bytewax cluster computes exactly what one process computes, and both processes work.
+
+Who wrote what comes from the served engine's request log: clickhouse-connect sends every request of a client in
+its own session, and each process opens one store, so a session is a process. Every member registers its model
+(``model_versions``) at start; the score rows leave through the flow's single store partition
+(:class:`pipelines.io.store.sink.StoreSink`: few, large blocks), so exactly one member inserts them.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import pytest
 from pipelines.io.store.http import HttpStore
 from pipelines.offline.simulate import SimConfig, simulate
 from pipelines.offline.simulate_io import write_jsonl
-from tests.support.chdb_http import ChdbHttpServer
+from tests.support.chdb_http import ChdbHttpServer, Request
 
 SCORES = (
     "SELECT user_id, stage, tier, at_risk, churn_risk, purchase_propensity, reasons, last_event_at, version "
@@ -20,7 +26,7 @@ SCORES = (
 TRANSITIONS = "SELECT user_id, from_stage, to_stage, at FROM stage_transitions FINAL ORDER BY user_id, at, to_stage"
 
 
-def _run(events: Path, data: Path, *extra: str) -> tuple[list[dict], list[dict], int]:
+def _run(events: Path, data: Path, *extra: str) -> tuple[list[dict], list[dict], list[Request]]:
     with ChdbHttpServer(data) as srv:
         cmd = [
             sys.executable, "-m", "pipelines.cli.main", "run", "--input", str(events), "--store", srv.url,
@@ -30,7 +36,7 @@ def _run(events: Path, data: Path, *extra: str) -> tuple[list[dict], list[dict],
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         store = HttpStore(srv.url)
         try:
-            return store.query(SCORES).to_pylist(), store.query(TRANSITIONS).to_pylist(), srv.requests
+            return store.query(SCORES).to_pylist(), store.query(TRANSITIONS).to_pylist(), list(srv.log)
         finally:
             store.close()
 
@@ -42,12 +48,23 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _writers(log: list[Request], table: str) -> set[str]:
+    """The sessions (one per process) that inserted into ``table``."""
+    return {r.session_id for r in log if r.table == table}
+
+
 def test_two_process_cluster_writes_the_same_final_scores_as_one_process(events: Path, tmp_path: Path) -> None:
-    one_scores, one_trans, _ = _run(events, tmp_path / "one")
-    two_scores, two_trans, _ = _run(events, tmp_path / "two", "--processes", "2")
+    one_scores, one_trans, one_log = _run(events, tmp_path / "one")
+    two_scores, two_trans, two_log = _run(events, tmp_path / "two", "--processes", "2")
     assert len(one_scores) > 1000
     assert two_scores == one_scores
     assert two_trans == one_trans
+    # every member of the cluster started against the store and inserted (a member that never came up, or
+    # wrote elsewhere, would leave one writer); the rows came through the one store partition, from one member
+    assert len(_writers(one_log, "model_versions")) == 1
+    assert len(_writers(two_log, "model_versions")) == 2
+    assert len(_writers(two_log, "user_scores")) == 1
+    assert _writers(two_log, "user_scores") <= _writers(two_log, "model_versions")
 
 
 def test_a_multi_process_run_refuses_the_embedded_store() -> None:

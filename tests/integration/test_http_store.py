@@ -137,3 +137,83 @@ def test_pipeline_writes_through_http_store(server: ChdbHttpServer) -> None:
         store.close()
     assert counts == [{"rows": seen, "users": seen}]
     assert written == result.rows_written["user_scores"] >= seen
+
+
+# --------------------------------------------------------------------------- the served engine is as strict as a server
+
+
+def test_the_test_server_refuses_an_unknown_setting_with_code_115(server: ChdbHttpServer) -> None:
+    import clickhouse_connect
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    client = clickhouse_connect.get_client(host=server.host, port=server.port)
+    try:
+        with pytest.raises(DatabaseError, match="UNKNOWN_SETTING") as err:
+            client.command("SELECT 1", settings={"optimise_on_insert": 0})  # misspelt: a server refuses it
+        assert err.value.code == 115
+        assert client.command("SELECT 1", settings={"optimize_on_insert": 0}) == 1
+    finally:
+        client.close()
+
+
+def test_a_wrong_password_is_refused_at_once_in_one_line_without_the_password(tmp_path: Path) -> None:
+    with ChdbHttpServer(tmp_path / "chdb", users={"writer": "right-secret"}) as srv:
+        ok = HttpStore(srv.url, user="writer", password="right-secret")
+        ok.close()
+        waits: list[float] = []
+        with pytest.raises(StoreError) as err:
+            HttpStore(srv.url, user="writer", password="wrong-secret", sleep=waits.append)
+        assert err.value.transient is False  # the sink raises it at once instead of waiting out an "outage"
+        text = str(err.value)
+        assert "516" in text and "AUTHENTICATION_FAILED" in text
+        assert "\n" not in text and "secret" not in text
+        assert waits == [] and srv.log and {r.user for r in srv.log} == {"writer"}
+
+
+def test_two_clients_run_side_by_side_in_their_own_sessions(server: ChdbHttpServer) -> None:
+    import threading
+    import time
+
+    a, b = HttpStore(server.url), HttpStore(server.url)
+    try:
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=s.query, args=("SELECT sleep(1)",)) for s in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert time.monotonic() - t0 < 1.8  # one global lock would take 2 s
+        assert len({r.session_id for r in server.log} - {""}) == 2
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_async_insert_without_waiting_is_acknowledged_before_it_is_applied(
+    server: ChdbHttpServer, store: HttpStore
+) -> None:
+    import clickhouse_connect
+
+    client = clickhouse_connect.get_client(host=server.host, port=server.port)
+    try:
+        rows = score_rows(["a", "b"], version=1)
+        client.insert_arrow("user_scores", rows, settings={"async_insert": 1, "wait_for_async_insert": 0})
+        assert int(store.query("SELECT count() AS n FROM user_scores").column("n")[0].as_py()) == 0
+        server.flush_async_inserts()
+        assert int(store.query("SELECT count() AS n FROM user_scores").column("n")[0].as_py()) == 2
+    finally:
+        client.close()
+
+
+def test_async_mode_waits_for_the_flush_and_deduplicates(server: ChdbHttpServer) -> None:
+    store = HttpStore(server.url, async_insert=True)
+    try:
+        migrate(store, DEFAULT_SQL)
+        store.insert("user_scores", score_rows(["a", "b", "c"], version=5))
+        assert int(store.query("SELECT count() AS n FROM user_scores").column("n")[0].as_py()) == 3  # on return
+        sent = [r.settings for r in server.log if r.table == "user_scores"]
+        assert [(s["async_insert"], s["wait_for_async_insert"], s["async_insert_deduplicate"]) for s in sent] == [
+            ("1", "1", "1")
+        ]
+    finally:
+        store.close()

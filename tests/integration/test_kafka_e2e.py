@@ -1,8 +1,7 @@
 """End to end through the real broker with the flow's Kafka outputs: every produced event is applied or
 dead-lettered on the topic, the store has one latest score per user, and the transitions reach their topic.
 
-Runs once the settings have ``dead_letter_topic`` and ``transitions_topic`` (the flow wiring of issue 7);
-skipped, with that reason, before.
+Never skipped: a renamed or removed ``dead_letter_topic`` / ``transitions_topic`` setting fails here.
 """
 
 from __future__ import annotations
@@ -17,14 +16,11 @@ from prometheus_client import CollectorRegistry
 from pipelines.io.kafka.producer import key_by_user_id, produce_lines
 from pipelines.settings import Settings
 
-WIRED = {"dead_letter_topic", "transitions_topic"} <= set(Settings.model_fields)
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        not WIRED,
-        reason="Settings has no dead_letter_topic/transitions_topic yet: the flow's Kafka outputs are not wired",
-    ),
-]
+pytestmark = pytest.mark.integration
+
+
+def test_settings_name_the_kafka_outputs_this_test_wires() -> None:
+    assert {"dead_letter_topic", "transitions_topic"} <= set(Settings.model_fields)
 
 
 def _stream() -> tuple[list[bytes], dict[bytes, str], int]:

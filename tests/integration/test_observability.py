@@ -12,23 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import pytest
 from prometheus_client import CollectorRegistry
 
-import pipelines.flow.runner as app
-from pipelines.contract.decode import decode_batch
-from pipelines.contract.events import EventColumns, RawBatch
 from pipelines.flow.runner import run_pipeline
 from pipelines.io.store.base import StoreError
 from pipelines.io.store.chdb import ChdbStore
-from pipelines.monitoring.drift import DriftMonitor, DriftReference
-from pipelines.monitoring.metrics import PipelineMetrics
-from pipelines.offline.drift_reference import reference_from_events, score_columns, streamed_rows
 from pipelines.offline.simulate import SimConfig, simulate
-from pipelines.offline.simulate_io import iter_ndjson_batches, write_jsonl
-from pipelines.scoring.scorer import DEFAULT_MODEL_DIR, Scorer
+from pipelines.offline.simulate_io import write_jsonl
 from pipelines.settings import Settings
 from tests.infra.dashboards import (
     CLICKHOUSE_TYPE,
@@ -52,6 +44,17 @@ BATCH_EVENTS = 500
 #: Pause per source batch: the run then spans several 1 s scrapes, so rate() and histogram_quantile()
 #: over the run have at least two samples to work with, however fast the machine.
 PACE_S = 0.2
+#: Warning/critical alerts whose condition may hold at the end of this test's run, each with why; any other
+#: that holds fails the test (the staleness gauge is sampled every 5 wall seconds, so whether its spike is
+#: seen varies from run to run: these are allowed, not required). Open findings:
+#: the run replays 30 days of history in seconds, which the freshness SLO rightly calls a backfill; a shard's
+#: oldest live score climbs to ~5.8 days of event time over four consecutive batches mid-run (refresh due
+#: daily: not yet explained); the scores of a 30-day cold start differ from the artifact's steady-state
+#: reference (PSI ~0.5 on churn_risk and purchase_propensity).
+EXPECTED_FIRING = {
+    "LifecycleScoreFreshnessSLOBreach": "a backfill: 30 days of events replayed in seconds (the rule says so)",
+    "LifecycleScoreDrift": "open: a 30-day cold start against a steady-state reference",
+}
 #: Panels whose value after a finished run is known exactly.
 EXACT = {"Targets up": 1.0, "Unaccounted events": 0.0}
 BAD_LINES = [
@@ -74,40 +77,6 @@ def _events_file(tmp_path: Path) -> tuple[Path, int]:
     mixed += good[len(BAD_LINES) * step :]
     path.write_bytes(b"\n".join(mixed) + b"\n")
     return path, int(sim.events["ts"].cast(pl.Int64).to_numpy().min())
-
-
-def _decode_all(payloads: list[list[bytes]]) -> EventColumns:
-    parts, off = [], 0
-    for batch in payloads:
-        raw = RawBatch("replay", 0, np.arange(off, off + len(batch), dtype=np.int64), batch)
-        parts.append(decode_batch(raw, now_ms=int(time.time() * 1000)).events)
-        off += len(batch)
-    return EventColumns.concat(parts)
-
-
-def _drift_if_not_wired(metrics: PipelineMetrics, registry: CollectorRegistry, events_path: Path) -> str:
-    """Set the drift gauges from the run's input when the flow does not yet feed a DriftMonitor.
-
-    Same path as the flow would take (ShardProcessor rows -> Scorer -> DriftMonitor.observe), against the
-    artifact's reference, or one built by :func:`reference_from_events` from a simulated history when the
-    artifact has none yet.
-    """
-    if any(s.name == "lifecycle_drift_psi" for m in registry.collect() for s in m.samples):
-        return "drift gauges set by the flow"
-    scorer = Scorer.from_dir(DEFAULT_MODEL_DIR, device="cpu")
-    ref = DriftReference.from_meta(scorer.artifact.meta)
-    how = "artifact reference"
-    if ref is None:
-        hist = simulate(SimConfig(users=1500, days=45, seed=11))
-        events = _decode_all(list(iter_ndjson_batches(hist.events, 50_000)))
-        ref = reference_from_events(events, score_columns(scorer), since_ms=int(events.ts_ms.max()) - 14 * 86_400_000)
-        how = "reference built from a simulated history (artifact has none)"
-    monitor = DriftMonitor(ref, metrics, min_rows=100)
-    run_events = _decode_all([events_path.read_bytes().splitlines()])
-    score = score_columns(scorer)
-    for rows in streamed_rows(run_events, batch_events=2000):
-        monitor.observe(rows.features, score(rows.features))
-    return f"drift gauges set by the test from the run's input ({how})"
 
 
 def _rfc3339(ts: str) -> float:
@@ -136,18 +105,11 @@ def _fmt(result: list[dict[str, Any]]) -> str:
 
 
 def test_every_dashboard_and_alert_query_has_data_from_a_real_scraped_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     t_start = time.perf_counter()
     bins = require_prometheus()
     port = free_port()
-    captured: list[PipelineMetrics] = []
-
-    def capture(registry: CollectorRegistry) -> PipelineMetrics:
-        captured.append(PipelineMetrics(registry))
-        return captured[-1]
-
-    monkeypatch.setattr(app, "PipelineMetrics", capture)
     registry = CollectorRegistry()
     store_path = tmp_path / "store.chdb"
     settings = Settings(
@@ -167,7 +129,10 @@ def test_every_dashboard_and_alert_query_has_data_from_a_real_scraped_run(
         run_s = time.perf_counter() - t_run
         assert res.events_applied + res.duplicates + sum(res.rejected.values()) == res.events_in > 0
         assert res.rejected == {"malformed_json": 1, "unknown_event_type": 1, "negative_amount": 1}
-        drift_how = _drift_if_not_wired(captured[0], registry, events_path)
+        # the flow itself sets the drift gauges (the default artifact carries its reference): the test never does
+        psi = [s for m in registry.collect() for s in m.samples if s.name == "lifecycle_drift_psi"]
+        drift = {(s.labels.get("kind"), s.labels.get("name")) for s in psi}
+        assert len(drift) >= 3, f"the flow set no drift gauges ({len(drift)} series)"
 
         # Prometheus has the run's final values, drift included, and has evaluated the rules since.
         written = res.rows_written["user_scores"]
@@ -177,7 +142,7 @@ def test_every_dashboard_and_alert_query_has_data_from_a_real_scraped_run(
         )
         prom.wait_for('count(lifecycle_drift_psi{job="lifecycle"})', predicate=lambda r: float(r[0]["value"][1]) >= 3)
         _wait_for_rule_evaluation(prom, after=time.time())
-        report.append(f"run: {res.events_in} events in {run_s:.1f} s; {drift_how}")
+        report.append(f"run: {res.events_in} events in {run_s:.1f} s; drift gauges from the flow: {len(drift)} series")
 
         # every rule loaded and evaluating without error
         names = {r.name for r in alert_rules()}
@@ -214,6 +179,9 @@ def test_every_dashboard_and_alert_query_has_data_from_a_real_scraped_run(
         for rule in alert_rules():
             result = prom.query(rule.expr)  # raises on an evaluation error
             report.append(f"alert {rule.name}: {'FIRING-CONDITION TRUE' if result else 'condition false'}")
+            severity = rule.labels.get("severity")
+            if result and severity in ("warning", "critical") and rule.name not in EXPECTED_FIRING:
+                failures.append(f"alert {rule.name} ({severity}) fires on a healthy run: {_fmt(result)}")
             for sel in vector_selectors(rule.expr):
                 name = metric_name(sel)
                 series = prom.query(sel)

@@ -91,15 +91,16 @@ def test_forget_erases_the_user_from_the_store_and_the_recovery_state(events: Pa
               "--recovery-dir", str(recovery)]  # fmt: skip
     # under another taxonomy than the pipeline's, restoring the snapshots would relabel everyone: refused, and
     # before the store is touched
-    wrong = subprocess.run([*forget, "--taxonomy", "aida-5"], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "LIFECYCLE_ERASURE_SALT": "test-erasure-key"}  # the HMAC key erasure needs
+    wrong = subprocess.run([*forget, "--taxonomy", "aida-5"], capture_output=True, text=True, timeout=120, env=env)
     assert wrong.returncode == 3 and "another taxonomy" in wrong.stderr, wrong.stderr
     assert any(r["user_id"] == victim for r in _read(store)[0])
-    out = subprocess.run(forget, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(forget, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert victim not in out.stdout  # only the id's hash is printed
     assert '"state_rows_erased": 1' in out.stdout
     # the resumed pipeline (nothing left to read) and its silence timers do not bring the user back
-    subprocess.run(_cmd(events, store, recovery), check=True, capture_output=True, timeout=300)
+    subprocess.run(_cmd(events, store, recovery), check=True, capture_output=True, timeout=300, env=env)
     s = ChdbStore(store)
     try:
         for table in ("user_scores", "stage_transitions", "score_history"):

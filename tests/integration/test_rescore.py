@@ -133,7 +133,7 @@ def test_rescore_leaves_opted_out_and_newer_rows_alone_and_never_brings_back_an_
     store = ChdbStore(store_copy)
     try:
         set_consent(store, [opted], True, "test")
-        forget_user(store, erased, reason="test")
+        forget_user(store, erased, reason="test", salt=b"k")
         events = load_history([events_path]).events
         scorer = Scorer.from_dir(new_model, device="cpu")
         # an as-of before the store's clock: rows the store wrote later would win anyway; they are left

@@ -233,6 +233,21 @@ def test_permanent_errors_are_not_retried(tmp_path: Path) -> None:
             store.close()
 
 
+def test_a_retry_refused_because_the_timed_out_insert_still_holds_its_session_is_retried(tmp_path: Path) -> None:
+    # clickhouse-connect sends every request of a client in one session; a server runs one query per session,
+    # so the retry of an insert that timed out on the client is refused (Code 373) while the first still runs
+    with ChdbHttpServer(tmp_path / "served") as srv:
+        store = HttpStore(srv.url, timeout_seconds=1, backoff_seconds=0.2)
+        try:
+            migrate(store, DEFAULT_SQL)
+            srv.slow_down(2.5, count=1, inserts_only=True)
+            store.insert("user_scores", score_rows(["a", "b", "c"], version=4))
+            assert sum(1 for r in srv.log if r.table == "user_scores") >= 3  # timed out, refused (373), then taken
+            assert _count(store, "user_scores") == 3
+        finally:
+            store.close()
+
+
 def test_insert_survives_a_server_restart_between_attempts(tmp_path: Path) -> None:
     srv = ChdbHttpServer(tmp_path / "served").start()
 
@@ -260,6 +275,22 @@ def test_async_insert_waits_for_the_flush(tmp_path: Path) -> None:
             sent = srv.inserts[0]
             assert (sent["async_insert"], sent["wait_for_async_insert"]) == ("1", "1")
             assert _count(store, "user_scores") == 3  # visible on return: the insert waited for the flush
+        finally:
+            store.close()
+
+
+def test_async_insert_retried_after_a_lost_response_lands_once(tmp_path: Path) -> None:
+    # The served engine deduplicates an async insert only when asked to (async_insert_deduplicate=1), as the
+    # servers before the unified deduplicate_insert do: without it the retry below wrote every row twice.
+    with FlakyServer(tmp_path / "served", code=319, after_commit=True) as srv:
+        store = HttpStore(srv.url, async_insert=True, sleep=lambda s: None)
+        try:
+            migrate(store, DEFAULT_SQL)
+            srv.arm(1)
+            store.insert("user_scores", score_rows([f"u{i}" for i in range(40)], version=9))
+            assert len(srv.inserts) == 2
+            assert _count(store, "user_scores") == 40  # raw rows, not FINAL
+            assert _count(store, "score_history") == 40
         finally:
             store.close()
 

@@ -23,10 +23,12 @@ from prometheus_client import CollectorRegistry
 from pipelines.flow.runner import run_pipeline
 from pipelines.io.store.base import split_statements
 from pipelines.io.store.chdb import ChdbStore
+from pipelines.io.store.http import HttpStore
 from pipelines.io.store.migrations import apply_migrations
 from pipelines.privacy.erasure import forget_user, set_consent
 from pipelines.settings import Settings
 from tests.integration.test_storage_downstream import EXPECTED, OPTED_OUT, crafted_events
+from tests.support.chdb_http import ChdbHttpServer
 from tests.support.taxonomy import taxonomy_variant
 
 pytestmark = pytest.mark.integration
@@ -75,7 +77,8 @@ def test_every_cluster_statement_parses_as_written(tmp_path: Path) -> None:
         store.close()
 
 
-def test_cluster_schema_serves_pipeline_queries_and_erasure_through_distributed_tables(tmp_path: Path) -> None:
+def _local_cluster(tmp_path: Path) -> tuple[Path, Path]:
+    """(the localized cluster DDL, a crafted events file) under ``tmp_path``, with ``cluster.xml`` beside them."""
     sql = tmp_path / "sql"
     sql.mkdir()
     for f in CLUSTER_SQL.glob("*.sql"):
@@ -83,10 +86,32 @@ def test_cluster_schema_serves_pipeline_queries_and_erasure_through_distributed_
     (tmp_path / "cluster.xml").write_text(CONFIG)
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\n".join(crafted_events()) + b"\n")
+    return sql, events
+
+
+def test_every_insert_into_a_distributed_table_waits_for_the_shards(tmp_path: Path) -> None:
+    # distributed_foreground_insert = 1 on every insert: without it a real cluster answers once the block is
+    # queued on the receiving node, before the shards commit it (the served engine records what each insert sent)
+    sql, events = _local_cluster(tmp_path)
+    with ChdbHttpServer(tmp_path / "served", config_file=tmp_path / "cluster.xml") as srv:
+        store = HttpStore(srv.url)
+        try:
+            apply_migrations(store, sql)
+            s = Settings(input=str(events), store=srv.url, metrics_port=0, shards=2, batch_events=20)
+            run_pipeline(s, registry=CollectorRegistry(), store=store, serve_metrics=False)
+        finally:
+            store.close()
+    inserts = [r for r in srv.log if r.table]
+    assert {r.table for r in inserts} >= {"user_scores", "stage_transitions", "rejected_events"}
+    assert [r.table for r in inserts if r.settings.get("distributed_foreground_insert") != "1"] == []
+
+
+def test_cluster_schema_serves_pipeline_queries_and_erasure_through_distributed_tables(tmp_path: Path) -> None:
+    sql, events = _local_cluster(tmp_path)
 
     store = ChdbStore(tmp_path / "store.chdb", config_file=tmp_path / "cluster.xml")
     try:
-        assert len(apply_migrations(store, sql)) == 6
+        assert len(apply_migrations(store, sql)) == 8
         tables = store.query("SELECT name, engine FROM system.tables WHERE database = currentDatabase()")
         engines = {r["name"]: r["engine"] for r in tables.to_pylist()}
         assert all(engines[t] == "Distributed" and engines[f"{t}_local"].endswith("MergeTree") for t in SHARDED)
@@ -122,7 +147,7 @@ def test_cluster_schema_serves_pipeline_queries_and_erasure_through_distributed_
         queue = ask("action_queue", action="", max_age_hours=24 * 365, limit=1000)
         assert "vip_active" in queue and queue == acted - set(OPTED_OUT)  # vip_care for an at-risk VIP
 
-        counts = forget_user(store, "vip_dormant", reason="test", table_suffix="_local")
+        counts = forget_user(store, "vip_dormant", reason="test", salt=b"k", table_suffix="_local")
         assert counts["user_scores"] and counts["stage_transitions"] and counts["rejected_events"]
         for t in SHARDED:
             n = store.query(f"SELECT count() AS n FROM {t}_local WHERE user_id = 'vip_dormant'").column("n")

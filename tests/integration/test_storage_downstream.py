@@ -32,6 +32,7 @@ from tests.support.taxonomy import taxonomy_variant
 pytestmark = pytest.mark.integration
 
 D = 86_400_000
+SALT = b"test-erasure-key"
 QUERIES = Path(__file__).resolve().parents[2] / "sql" / "queries"
 STAGES = ("new", "growing", "mature", "dormant", "churned")
 OPTED_OUT = ("vip_dormant_optout", "vip_active_optout")
@@ -147,6 +148,25 @@ def test_at_risk_vips_are_active_vips_who_did_not_opt_out(store: ChdbStore) -> N
     assert users(ask(store, "at_risk_vips")) == {"vip_active"}
 
 
+def test_no_marketing_users_are_absent_from_every_shipped_audience_query(store: ChdbStore) -> None:
+    """``--no-marketing`` users stay scored but no audience selects them (before: stage_audience,
+    win_back_candidates and transitions_since filtered only opt-outs)."""
+    refused = ["vip_dormant", "new_user", "regular_churned"]
+    set_consent(store, refused, False, "test", marketing=False)
+    epoch = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    picked: set[str] = set()
+    for stage in STAGES:
+        picked |= users(ask(store, "stage_audience", stage=stage))
+    picked |= users(ask(store, "win_back_candidates"))
+    picked |= users(ask(store, "transitions_since", since=epoch, until=dt.datetime.now(dt.UTC)))
+    queue = ask(store, "action_queue", action="", max_age_hours=24 * 365, limit=1000)
+    picked |= users(queue)
+    assert picked and not picked & set(refused)
+    assert users(ask(store, "stage_audience", stage="growing")) == {"busy", "regular_active"}  # the rest stay
+    scored = store.query("SELECT user_id FROM user_scores FINAL").column("user_id").to_pylist()
+    assert set(refused) <= set(scored)  # still scored: marketing consent is not an opt-out
+
+
 def _expected_transitions() -> set[tuple[str, str, str]]:
     path = {
         "busy": ["growing"],
@@ -240,7 +260,7 @@ def test_forget_removes_the_user_from_every_table_and_logs_only_a_hash(store: Ch
     assert all(before.values()), before  # the user is in every table, dead letters included
     others = store.query("SELECT count() AS n FROM user_scores WHERE user_id != 'vip_dormant'").to_pylist()
 
-    counts = forget_user(store, "vip_dormant", reason="ticket 42")
+    counts = forget_user(store, "vip_dormant", reason="ticket 42", salt=SALT)
 
     assert counts == before
     assert _rows_of(store, "vip_dormant") == dict.fromkeys(before, 0)
@@ -249,20 +269,49 @@ def test_forget_removes_the_user_from_every_table_and_logs_only_a_hash(store: Ch
     ].to_pylist() == [0]
     assert store.query("SELECT count() AS n FROM user_scores WHERE user_id != 'vip_dormant'").to_pylist() == others
     log = store.query("SELECT user_hash, reason, rows_deleted FROM erasure_log").to_pylist()
-    assert log == [{"user_hash": user_hash("vip_dormant"), "reason": "ticket 42", "rows_deleted": list(counts.items())}]
+    want = {"user_hash": user_hash("vip_dormant", SALT), "reason": "ticket 42", "rows_deleted": list(counts.items())}
+    assert log == [want]
     everything = store.query("SELECT toString(tuple(*)) AS r FROM erasure_log").column("r").to_pylist()
     assert all("vip_dormant" not in r for r in everything)  # the log never holds the id
-    assert erased_user_hashes(store) == {user_hash("vip_dormant")}
+    assert erased_user_hashes(store) == {user_hash("vip_dormant", SALT)}
     assert "vip_dormant" not in users(ask(store, "win_back_candidates"))
+
+
+def test_forgetting_a_user_whose_id_is_another_fields_value_deletes_nobody_elses_dead_letters(
+    store: ChdbStore,
+) -> None:
+    """Every crafted event has ``"channel":"wecom"``: a user named ``wecom`` owns none of those dead letters."""
+    broken = '{"event_id":"x1","user_id":"wecom","ts":oops'  # too broken to extract user_id: still theirs
+    store.query(
+        "INSERT INTO rejected_events (received_at, reason, detail, source, partition, offset, payload) "
+        "VALUES (now64(3), 'invalid_json', '', 'test', 0, 999, {p:String})",
+        params={"p": broken},
+    )
+    before = store.query("SELECT count() AS n FROM rejected_events")["n"].to_pylist()[0]
+    assert store.query("SELECT count() AS n FROM rejected_events WHERE position(payload, '\"wecom\"') > 0")[
+        "n"
+    ].to_pylist()[0] >= 2  # the crafted dead letter and the broken one both hold the string
+
+    counts = forget_user(store, "wecom", reason="request", salt=SALT)
+
+    assert counts["rejected_events"] == 1  # the broken payload's user_id field, nothing else
+    assert store.query("SELECT count() AS n FROM rejected_events")["n"].to_pylist()[0] == before - 1
+
+
+def test_a_cluster_name_that_is_not_a_name_is_refused_before_anything_is_deleted(store: ChdbStore) -> None:
+    before = _rows_of(store, "vip_dormant")
+    with pytest.raises(ValueError, match="cluster name"):
+        forget_user(store, "vip_dormant", reason="x", salt=SALT, on_cluster="c' SETTINGS mutations_sync=0 --")
+    assert _rows_of(store, "vip_dormant") == before
 
 
 def test_forget_of_an_unknown_user_changes_nothing_but_is_logged(store: ChdbStore) -> None:
     total = store.query("SELECT count() AS n FROM stage_transitions").to_pylist()
-    assert set(forget_user(store, "nobody", reason="request").values()) == {0}
+    assert set(forget_user(store, "nobody", reason="request", salt=SALT).values()) == {0}
     assert store.query("SELECT count() AS n FROM stage_transitions").to_pylist() == total
     assert store.query("SELECT count() AS n FROM erasure_log").column("n").to_pylist() == [1]
     with pytest.raises(ValueError, match="non-empty user id"):
-        forget_user(store, " ", reason="x")  # would match every dead letter without a user id
+        forget_user(store, " ", reason="x", salt=SALT)  # would match every dead letter without a user id
 
 
 def test_latest_consent_decides_and_opting_back_in_restores_audiences(store: ChdbStore) -> None:
@@ -272,9 +321,12 @@ def test_latest_consent_decides_and_opting_back_in_restores_audiences(store: Chd
     assert "vip_dormant_optout" in users(ask(store, "win_back_candidates"))
 
 
-def test_admin_commands_migrate_record_consent_and_forget(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_admin_commands_migrate_record_consent_and_forget(
+    store_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pipelines.cli.db import register
 
+    monkeypatch.setenv("LIFECYCLE_ERASURE_SALT", SALT.decode())
     parser = argparse.ArgumentParser(prog="lifecycle")
     register(parser.add_subparsers(dest="cmd", required=True))
 
@@ -295,7 +347,7 @@ def test_admin_commands_migrate_record_consent_and_forget(store_dir: Path, capsy
     ) == 0
     out = capsys.readouterr().out
     assert "regular_active" not in out  # only the hash is printed
-    assert json.loads(out.splitlines()[-1])["user_hash"] == user_hash("regular_active")
+    assert json.loads(out.splitlines()[-1])["user_hash"] == user_hash("regular_active", SALT)
     assert call("forget", "--user", "", "--store", url) == 3
     with pytest.raises(SystemExit):
         parser.parse_args(["consent", "--user", "x", "--opt-out", "--opt-in"])

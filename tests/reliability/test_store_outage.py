@@ -319,7 +319,7 @@ class OutageObserver:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[ChdbHttpServer]:
-    server = ChdbHttpServer(tmp_path / "chdb").start()
+    server = ChdbHttpServer(tmp_path / "chdb", users={"default": "", "lifecycle": "hunter2"}).start()
     try:
         yield server
     finally:

@@ -20,11 +20,31 @@ What it implements (see ``docs`` of the ClickHouse HTTP interface):
 * Output in the query's ``FORMAT`` clause, else ``default_format``, else
   ``TabSeparated``; ``X-ClickHouse-Format`` / ``-Summary`` / ``-Timezone`` /
   ``-Server-Display-Name`` / ``-Query-Id`` headers.
-* Settings as URL parameters: known ones (names in ``system.settings``) are
-  applied to the session with ``SET`` and reset to their defaults when a later
-  request leaves them out, so each request runs under its own settings; unknown
-  ones are ignored. ``database`` selects the database, ``param_<name>`` binds
+* Settings as URL parameters, checked as a real server checks them: a name
+  ClickHouse does not have (not in ``system.settings``) is refused with Code 115
+  (UNKNOWN_SETTING), a bad value with the engine's own error. Known ones apply to
+  the one request (``SET``, reset to their defaults when a later request leaves
+  them out). ``database`` selects the database, ``param_<name>`` binds
   ``{name:Type}`` query parameters.
+* Authentication: ``users`` (name -> password, default ``{"default": ""}``) from
+  HTTP Basic auth, ``X-ClickHouse-User``/``-Key`` headers or ``user``/``password``
+  parameters; anything else is refused with Code 516 (AUTHENTICATION_FAILED).
+* Sessions: each ``session_id`` gets its own chDB connection (its own settings and
+  current database), and requests without one take a free connection from a pool,
+  so requests from different clients run concurrently, as on a real server; a
+  second request in a session that is busy is refused with Code 373
+  (SESSION_IS_LOCKED), as a real server does.
+* Asynchronous inserts (``async_insert=1``) as a real server runs them: with
+  ``wait_for_async_insert=0`` the insert is acknowledged at once and applied
+  ``async_insert_busy_timeout_ms`` later (default 200 ms) - lost if the server
+  stops first; with ``wait_for_async_insert=1`` (the default) the answer waits
+  for the flush. A retried async insert is deduplicated by its token only with
+  ``async_insert_deduplicate=1`` (or ``deduplicate_insert='enable'``): the
+  defaults of the servers before the unified ``deduplicate_insert``, which the
+  product must survive.
+* :attr:`ChdbHttpServer.log`: one :class:`Request` per request that reached the
+  engine (user, session, settings, statement kind, INSERT target), so a test can
+  tell who wrote what with which settings.
 * Request bodies with ``Content-Encoding`` gzip / deflate / lz4 (and zstd / br
   where a codec is installed); responses compressed with the first supported
   ``Accept-Encoding`` when ``enable_http_compression`` is on (it is by default
@@ -40,8 +60,7 @@ only inserts; the next N or every one), as a slow or overloaded server would.
 A delayed request is executed after its delay even when the client has given
 up waiting, like a real server that commits an insert whose answer is lost.
 
-Not implemented: authentication (any user and password are accepted),
-sessions (all requests share the one chDB session), external data tables,
+Not implemented: session timeouts, external data tables,
 ClickHouse's own block compression (``compress=1`` / ``decompress=1``), progress
 headers. chDB allows one data directory per process, so at most one server
 (or other chDB connection) is open in a process at a time.
@@ -49,6 +68,7 @@ headers. chDB allows one data directory per process, so at most one server
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
 import json
@@ -59,7 +79,8 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP as HTTP_POLICY
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -121,6 +142,9 @@ _CONTENT_TYPES = {
     "JSONCompact": "application/json; charset=UTF-8",
     "JSONEachRow": "application/x-ndjson; charset=UTF-8",
 }
+
+# HTTP status of an error answer, as ClickHouse's HTTP handler maps exception codes (the rest: 500).
+_HTTP_STATUS = {115: 400, 62: 400, 516: 403}
 
 STD_EXCEPTION = 1001
 NOT_IMPLEMENTED = 48
@@ -201,47 +225,30 @@ _COMPRESS, _DECOMPRESS = _codecs()
 # --------------------------------------------------------------------------- engine
 
 
-class _Engine:
-    """One chDB session, serialised by a lock, with per-request settings and database."""
+class _Session:
+    """One chDB connection: a ClickHouse session with its own settings and current database.
 
-    def __init__(self, path: Path) -> None:
-        from chdb.state import sqlitelike
+    ``lock`` is held while a request runs in the session (a real server runs one query per
+    session at a time).
+    """
 
-        path.mkdir(parents=True, exist_ok=True)
+    def __init__(self, conn: Any, defaults: dict[str, str]) -> None:
+        self.conn = conn
+        self.defaults = defaults
         self.lock = threading.Lock()
-        self.conn: Any = sqlitelike.Connection(str(path))
-        version, tz = self._scalar_row("SELECT version(), timezone()")
-        self.version = version
-        self.timezone = tz
-        rows = self.conn.query("SELECT name, value FROM system.settings", "TabSeparated").bytes().decode()
-        self.defaults: dict[str, str] = dict(
-            line.split("\t", 1)
-            for line in rows.splitlines()
-            if "\t" in line  # TSV-escaped, compared as such
-        )
         self.applied: dict[str, str] = {}
         self.database: str | None = "default"
-
-    def _scalar_row(self, sql: str) -> list[str]:
-        text: str = self.conn.query(sql, "TabSeparated").bytes().decode()
-        return text.rstrip("\n").split("\t")
-
-    def close(self) -> None:
-        with self.lock:
-            if self.conn is not None:
-                self.conn.close()
-                self.conn = None
+        self.last_used = time.monotonic()
 
     # Called with the lock held.
     def prepare(self, params: dict[str, str]) -> None:
         """Switch to the request's database and settings (only what differs from the last request)."""
         if self.conn is None:
             raise ServerError(210, "server is stopped", "NETWORK_ERROR")
-        wanted = {
-            k: v
-            for k, v in params.items()
-            if k not in _TRANSPORT_PARAMS and not k.startswith("param_") and k in self.defaults
-        }
+        wanted = _settings(params)
+        for key in wanted:
+            if key not in self.defaults:
+                raise ServerError(115, f"Unknown setting '{key}'", "UNKNOWN_SETTING")
         for key in [k for k in self.applied if k not in wanted]:
             self.conn.query(f"SET {key} = DEFAULT")
             del self.applied[key]
@@ -261,6 +268,92 @@ class _Engine:
                 self.database = None
                 raise ServerError.from_exception(err) from err
             self.database = database
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class _Engine:
+    """chDB at one data directory, one connection per session (chDB runs connections concurrently)."""
+
+    MAX_SESSIONS = 64
+
+    def __init__(self, path: Path, config_file: Path | None = None) -> None:
+        from chdb.state import sqlitelike
+
+        path.mkdir(parents=True, exist_ok=True)
+        self._target = str(path) if config_file is None else f"{path}?config-file={config_file.resolve()}"
+        self._connect = sqlitelike.Connection
+        conn: Any = self._connect(self._target)
+        version, tz = conn.query("SELECT version(), timezone()", "TabSeparated").bytes().decode().rstrip().split("\t")
+        self.version = version
+        self.timezone = tz
+        rows = conn.query("SELECT name, value FROM system.settings", "TabSeparated").bytes().decode()
+        self.defaults: dict[str, str] = dict(
+            line.split("\t", 1)
+            for line in rows.splitlines()
+            if "\t" in line  # TSV-escaped, compared as such
+        )
+        self.lock = threading.Lock()  # guards the session tables, not the queries
+        self.idle: list[_Session] = [_Session(conn, self.defaults)]
+        self.sessions: dict[str, _Session] = {}
+        self.closed = False
+
+    def acquire(self, session_id: str) -> _Session:
+        """The request's session, locked for it: ``session_id``'s own, else a free pooled one."""
+        with self.lock:
+            if self.closed:
+                raise ServerError(210, "server is stopped", "NETWORK_ERROR")
+            if session_id:
+                session = self.sessions.get(session_id)
+                if session is None:
+                    self._evict()
+                    session = self.sessions[session_id] = _Session(self._connect(self._target), self.defaults)
+            else:
+                session = self.idle.pop() if self.idle else _Session(self._connect(self._target), self.defaults)
+        if not session.lock.acquire(blocking=False):
+            raise ServerError(373, f"Session {session_id} is locked by a concurrent client", "SESSION_IS_LOCKED")
+        session.last_used = time.monotonic()
+        return session
+
+    def release(self, session: _Session, session_id: str) -> None:
+        session.lock.release()
+        if not session_id:
+            with self.lock:
+                if self.closed:
+                    session.close()
+                else:
+                    self.idle.append(session)
+
+    def _evict(self) -> None:
+        """Close the least recently used idle named session when there are too many (a timeout, early)."""
+        if len(self.sessions) < self.MAX_SESSIONS:
+            return
+        for sid, old in sorted(self.sessions.items(), key=lambda kv: kv[1].last_used):
+            if old.lock.acquire(blocking=False):
+                del self.sessions[sid]
+                old.close()
+                old.lock.release()
+                return
+
+    def close(self) -> None:
+        """Close every session, waiting (a while) for the requests still running in them."""
+        with self.lock:
+            self.closed = True
+            sessions = [*self.idle, *self.sessions.values()]
+            self.idle, self.sessions = [], {}
+        for session in sessions:
+            locked = session.lock.acquire(timeout=10)
+            session.close()
+            if locked:
+                session.lock.release()
+
+
+def _settings(params: dict[str, str]) -> dict[str, str]:
+    """The URL parameters of a request that are settings (not transport parameters or query parameters)."""
+    return {k: v for k, v in params.items() if k not in _TRANSPORT_PARAMS and not k.startswith("param_")}
 
 
 def _quote(value: str) -> str:
@@ -327,6 +420,8 @@ class _Handler(BaseHTTPRequestHandler):
             if url.path != "/":
                 self._reply(404, b"There is no handle " + url.path.encode() + b"\n", {})
                 return
+            params["user"] = owner.authenticate(*self._credentials(params))
+            params.pop("password", None)
             body = self._decode_body(body)
             body = self._form_fields(body, params)
             if params.get("compress") == "1" or params.get("decompress") == "1":
@@ -337,7 +432,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not isinstance(err, ServerError) or serr.code == STD_EXCEPTION:
                 log.debug("request failed", exc_info=True)
             self._reply(
-                500,
+                _HTTP_STATUS.get(serr.code, 500),
                 serr.body(owner.version),
                 {
                     "Content-Type": "text/plain; charset=UTF-8",
@@ -363,6 +458,18 @@ class _Handler(BaseHTTPRequestHandler):
             headers.get("Content-Encoding", "identity"),
         )
         self._reply(200, out, headers)
+
+    def _credentials(self, params: dict[str, str]) -> tuple[str, str]:
+        """(user, password) as ClickHouse reads them: Basic auth, ``X-ClickHouse-User``/``-Key``, URL parameters."""
+        auth = self.headers.get("Authorization", "")
+        if auth.lower().startswith("basic "):
+            try:
+                user, _, password = base64.b64decode(auth[6:].strip()).decode().partition(":")
+            except ValueError as err:
+                raise ServerError(516, "Authentication failed: bad Authorization header", "AUTHENTICATION_FAILED") from err  # noqa: E501
+            return user or "default", password
+        user = self.headers.get("X-ClickHouse-User") or params.get("user") or "default"
+        return user, self.headers.get("X-ClickHouse-Key") or params.get("password") or ""
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -425,9 +532,33 @@ def _pick_encoding(accept: str) -> str | None:
 # --------------------------------------------------------------------------- public API
 
 
-class ChdbHttpServer:
-    """ClickHouse's HTTP interface over one chDB session at ``path``, on ``host:port`` (0: a free port).
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the server saw of one request: who sent it, in which session, with which settings.
 
+    ``table`` is the target of an INSERT (empty for anything else).
+    """
+
+    user: str
+    session_id: str
+    settings: dict[str, str]
+    table: str
+
+
+def _insert_target(stmt: str) -> str:
+    m = re.match(r"\s*INSERT\s+INTO\s+(?:TABLE\s+)?([\w.`\"]+)", stmt, re.IGNORECASE)
+    return m.group(1).strip("`\"") if m else ""
+
+
+def _on(value: str) -> bool:
+    return value.strip().lower() in ("1", "true")
+
+
+class ChdbHttpServer:
+    """ClickHouse's HTTP interface over chDB at ``path``, on ``host:port`` (0: a free port).
+
+    ``users`` maps user names to passwords (default: ``default`` without one); ``config_file`` is a
+    ClickHouse server config for the engine (``remote_servers``, ``macros``: a local cluster).
     ``start()`` / ``stop()`` are idempotent; after the first start the port is
     fixed, so a stopped server restarts on the same URL (with the same data).
     ``stop()`` also drops open client connections and closes the chDB session,
@@ -442,8 +573,15 @@ class ChdbHttpServer:
         port: int = 0,
         database: str = "default",
         display_name: str = "chdb-http",
+        users: Mapping[str, str] | None = None,
+        config_file: str | Path | None = None,
     ) -> None:
         self.path = Path(path)
+        self.users = dict(users) if users is not None else {"default": ""}
+        self.config_file = Path(config_file) if config_file is not None else None
+        self.log: list[Request] = []
+        self.timezone = ""
+        self._pending: set[threading.Thread] = set()
         self.host = host
         self.port = port
         self.database = database
@@ -473,8 +611,9 @@ class ChdbHttpServer:
             if self._httpd is not None:
                 return self
             if self._engine is None:
-                self._engine = _Engine(self.path)
+                self._engine = _Engine(self.path, self.config_file)
                 self.version = self._engine.version
+                self.timezone = self._engine.timezone
             try:
                 httpd = _HttpServer((self.host, self.port), self)
             except OSError:
@@ -519,8 +658,10 @@ class ChdbHttpServer:
     def slow_down(self, seconds: float, *, count: int | None = None, inserts_only: bool = False) -> None:
         """Delay the answer to the next ``count`` requests (``None``: every one) by ``seconds``.
 
-        The delay comes before the request runs and outside the engine lock, so concurrent
-        requests are delayed side by side, as on a slow network or an overloaded server.
+        The delay comes before the request runs, inside its session: requests of other sessions are
+        delayed side by side, as on an overloaded server, and a request in the same session meanwhile
+        (a client's retry after its timeout) is refused with Code 373 (SESSION_IS_LOCKED), as a real
+        server refuses it while the first query still runs.
         ``slow_down(0)`` ends it.
         """
         with self._state_lock:
@@ -539,6 +680,16 @@ class ChdbHttpServer:
 
     # ------------------------------------------------------------------ request execution
 
+    def authenticate(self, user: str, password: str) -> str:
+        """``user`` if ``password`` is theirs; else Code 516, naming neither the password nor which was wrong."""
+        if self.users.get(user) != password:
+            raise ServerError(
+                516,
+                f"{user}: Authentication failed: password is incorrect, or there is no user with such name",
+                "AUTHENTICATION_FAILED",
+            )
+        return user
+
     def compression_enabled(self, params: dict[str, str]) -> bool:
         engine = self._engine
         default = engine.defaults.get("enable_http_compression", "0") if engine else "0"
@@ -556,23 +707,110 @@ class ChdbHttpServer:
         bind = {k.removeprefix("param_"): v for k, v in params.items() if k.startswith("param_")}
         head = _INSERT_HEAD.match(full[:_INSERT_HEAD_WINDOW])
         delay = self._take_delay(head is not None)
-        if delay:
-            time.sleep(delay)
         t0 = time.perf_counter()
-        with engine.lock:
+        settings = _settings(params)
+        table = _insert_target(head.group(1).decode()) if head is not None else ""
+        with self._state_lock:
             self.requests += 1
-            engine.prepare(params)
-            if head is not None:  # no data: nothing to insert (chDB would read stdin)
-                return self._insert(engine, head.group(1).decode(), head.group(2).decode(), full[head.end() :], t0)
-            return self._query(engine, full.decode(), params, bind, t0)
+            self.log.append(
+                Request(params.get("user", "default"), params.get("session_id", ""), settings, table)
+            )
+        session_id = params.get("session_id", "")
+        session = engine.acquire(session_id)
+        try:
+            if delay:  # the slow query holds its session: a retry in the same session meanwhile gets Code 373
+                time.sleep(delay)
+            if head is None:
+                session.prepare(params)
+                return self._query(session, full.decode(), params, bind, t0)
+            stmt, fmt, data = head.group(1).decode(), head.group(2).decode(), full[head.end() :]
+            if not _on(settings.get("async_insert", "0")):
+                session.prepare(params)
+                return self._insert(session, stmt, fmt, data, t0)
+        finally:
+            engine.release(session, session_id)
+        return self._async_insert(params, stmt, fmt, data, t0)
 
-    def _insert(self, engine: _Engine, stmt: str, fmt: str, data: bytes, t0: float) -> tuple[bytes, dict[str, str]]:
-        headers = {"Content-Type": "text/plain; charset=UTF-8", "X-ClickHouse-Timezone": engine.timezone}
+    def _async_insert(
+        self, params: dict[str, str], stmt: str, fmt: str, data: bytes, t0: float
+    ) -> tuple[bytes, dict[str, str]]:
+        """An ``async_insert=1`` request: buffered, flushed later; answered after the flush only if asked.
+
+        The flush runs the insert in a session of its own with the request's settings, with deduplication
+        as the server would apply it to an async insert (see the module docstring).
+        """
+        settings = _settings(params)
+        self._validate_setting_names(params)  # refused before it is acknowledged, as a real server does
+        mode = settings.get("deduplicate_insert", "backward_compatible_choice")
+        legacy = _on(settings.get("async_insert_deduplicate", "0"))
+        dedup = mode == "enable" or (mode == "backward_compatible_choice" and legacy)
+        flush = {k: v for k, v in params.items() if k not in ("async_insert", "wait_for_async_insert", "session_id")}
+        flush |= {"async_insert": "0", "deduplicate_insert": "enable" if dedup else "disable"}
+        wait = _on(settings.get("wait_for_async_insert", "1"))
+        busy = float(settings.get("async_insert_busy_timeout_ms", "200")) / 1000
+
+        def apply() -> tuple[bytes, dict[str, str]]:
+            engine = self._engine
+            if engine is None:
+                raise ServerError(210, "server is stopped", "NETWORK_ERROR")
+            session = engine.acquire("")
+            try:
+                session.prepare(flush)
+                return self._insert(session, stmt, fmt, data, t0)
+            finally:
+                engine.release(session, "")
+
+        if wait:
+            return apply()
+
+        def later() -> None:
+            time.sleep(busy)
+            try:
+                apply()
+            except Exception:  # a real server logs it in system.asynchronous_insert_log; the client never hears
+                log.warning("async insert flush failed", exc_info=True)
+            finally:
+                with self._state_lock:
+                    self._pending.discard(thread)
+
+        thread = threading.Thread(target=later, name="chdb-http-async-flush", daemon=True)
+        with self._state_lock:
+            self._pending.add(thread)
+        thread.start()
+        headers = {"Content-Type": "text/plain; charset=UTF-8", "X-ClickHouse-Timezone": self.timezone}
+        headers["X-ClickHouse-Summary"] = _summary(0, 0, 0, 0, 0, 0, time.perf_counter() - t0)
+        return b"", headers
+
+    def _defaults(self) -> dict[str, str]:
+        engine = self._engine
+        return engine.defaults if engine is not None else {}
+
+    def _validate_setting_names(self, params: dict[str, str]) -> None:
+        known = self._defaults()
+        for key in _settings(params):
+            if key not in known:
+                raise ServerError(115, f"Unknown setting '{key}'", "UNKNOWN_SETTING")
+
+    def flush_async_inserts(self, timeout: float = 10.0) -> None:
+        """Wait until every acknowledged async insert has been applied (or has failed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._state_lock:
+                pending = list(self._pending)
+            if not pending:
+                return
+            for thread in pending:
+                thread.join(max(0.0, deadline - time.monotonic()))
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{len(pending)} async inserts not flushed in {timeout} s")
+
+    def _insert(self, session: _Session, stmt: str, fmt: str, data: bytes, t0: float) -> tuple[bytes, dict[str, str]]:
+        headers = {"Content-Type": "text/plain; charset=UTF-8", "X-ClickHouse-Timezone": self.timezone}
         if not data:
             headers["X-ClickHouse-Summary"] = _summary(0, 0, 0, 0, 0, 0, time.perf_counter() - t0)
             return b"", headers
         try:
-            with engine.conn.send_insert(stmt, fmt) as ins:
+            with session.conn.send_insert(stmt, fmt) as ins:
                 ins.append(data)
                 res = ins.finish()
         except Exception as err:
@@ -583,20 +821,20 @@ class ChdbHttpServer:
         return b"", headers
 
     def _query(
-        self, engine: _Engine, sql: str, params: dict[str, str], bind: dict[str, str], t0: float
+        self, session: _Session, sql: str, params: dict[str, str], bind: dict[str, str], t0: float
     ) -> tuple[bytes, dict[str, str]]:
         m = _TRAILING_FORMAT.search(sql)
         fmt = m.group(1) if m else params.get("default_format") or "TabSeparated"
         try:
-            res = engine.conn.query(sql, fmt, params=bind or None)
+            res = session.conn.query(sql, fmt, params=bind or None)
         except Exception as err:
             raise ServerError.from_exception(err) from err
         if _USE_STATEMENT.match(sql):
-            engine.database = None  # the session's database changed under us: switch back on the next request
+            session.database = None  # the session's database changed under us: switch back on the next request
         out = res.bytes()
         headers = {
             "Content-Type": _CONTENT_TYPES.get(fmt, "application/octet-stream"),
-            "X-ClickHouse-Timezone": engine.applied.get("session_timezone", engine.timezone),
+            "X-ClickHouse-Timezone": session.applied.get("session_timezone", self.timezone),
             "X-ClickHouse-Summary": _summary(
                 res.rows_read(),
                 res.bytes_read(),

@@ -61,16 +61,19 @@ def _which() -> PrometheusBinaries | None:
     return PrometheusBinaries(Path(prom), Path(tool), first[0] if first else "unknown")
 
 
-def _apt_install() -> str | None:
-    """Install the Debian package; return None on success, else why it was not possible."""
+def apt_install(package: str) -> str | None:
+    """Install the Debian ``package``; return None on success, else why it was not possible.
+
+    Services the package brings are not started (a ``policy-rc.d`` forbids it for the install).
+    """
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "prometheus/promtool not on PATH and not running as root (cannot apt-get install prometheus)"
+        return f"{package}: not installed and not running as root (cannot apt-get install {package})"
     apt = shutil.which("apt-get")
     if apt is None:
-        return "prometheus/promtool not on PATH and no apt-get on this machine"
+        return f"{package}: not installed and no apt-get on this machine"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "-o", "DPkg::Lock::Timeout=300", "install", "-y", "--no-install-recommends", "prometheus"]
-    print("installing Prometheus: " + " ".join(install[1:]), file=sys.stderr, flush=True)
+    install = [apt, "-o", "DPkg::Lock::Timeout=300", "install", "-y", "--no-install-recommends", package]
+    print(f"installing {package}: " + " ".join(install[1:]), file=sys.stderr, flush=True)
     # Forbid service starts during the install unless the machine already has a policy (Docker images do).
     own_policy = not _POLICY_RC.exists()
     if own_policy:
@@ -89,14 +92,35 @@ def _apt_install() -> str | None:
             res = subprocess.run(install, env=env, capture_output=True, text=True, timeout=_APT_TIMEOUT_S)
             if res.returncode != 0:
                 tail = (res.stderr or res.stdout or upd.stderr).strip().splitlines()[-3:]
-                return "apt-get install prometheus failed: " + " | ".join(tail)
+                return f"apt-get install {package} failed: " + " | ".join(tail)
     except subprocess.TimeoutExpired:
-        return f"apt-get install prometheus did not finish in {_APT_TIMEOUT_S} s"
+        return f"apt-get install {package} did not finish in {_APT_TIMEOUT_S} s"
     finally:
         if own_policy:
             _POLICY_RC.unlink(missing_ok=True)
-    _stop_packaged_service()
     return None
+
+
+def debian_tool(binary: str, package: str) -> Path:
+    """``binary`` on PATH, installing Debian ``package`` first if needed; skips (reason printed) if impossible.
+
+    One installer at a time across concurrent test sessions on this machine.
+    """
+    found = shutil.which(binary)
+    if found is None:
+        with open(_INSTALL_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                found = shutil.which(binary)
+                why = apt_install(package) if found is None else None
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        found = found or shutil.which(binary)
+        if found is None:
+            why = why or f"apt-get installed {package} but {binary} is still not on PATH"
+            print(f"SKIP: {why}", file=sys.stderr, flush=True)
+            pytest.skip(why)
+    return Path(found)
 
 
 def _stop_packaged_service() -> None:
@@ -122,7 +146,9 @@ def find_or_install() -> PrometheusBinaries | str:
             found = _which()
             if found is not None:
                 return found
-            why = _apt_install()
+            why = apt_install("prometheus")
+            if why is None:
+                _stop_packaged_service()
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     if why is not None:

@@ -55,6 +55,7 @@ TRANSIENT_ERROR_CODES: frozenset[int] = frozenset(
         279,  # ALL_CONNECTION_TRIES_FAILED
         285,  # TOO_FEW_LIVE_REPLICAS
         319,  # UNKNOWN_STATUS_OF_INSERT
+        373,  # SESSION_IS_LOCKED: the retry of a timed-out query while the server still runs the first
         425,  # SYSTEM_ERROR
         999,  # KEEPER_EXCEPTION
     }
@@ -64,7 +65,11 @@ TRANSIENT_ERROR_CODES: frozenset[int] = frozenset(
 # Settings of every insert. optimize_on_insert = 0: a ReplacingMergeTree would otherwise sort and collapse
 # each block by its key at insert, a second pass over the rows; FINAL (and background merges) collapse
 # duplicates anyway, so skipping it changes no answer (measured: ~1.5x rows/s on 200k-row blocks into chDB).
-INSERT_SETTINGS: dict[str, Any] = {"optimize_on_insert": 0}
+# distributed_foreground_insert = 1: an insert into a Distributed table (sql/cluster) returns only after every
+# shard committed its part, with the block's deduplication token; in the background mode the server answers
+# once the block is queued on its disk, and the sink would flush "committed" rows before the epoch commits
+# that a lost node never delivers. It changes nothing for a plain MergeTree table.
+INSERT_SETTINGS: dict[str, Any] = {"optimize_on_insert": 0, "distributed_foreground_insert": 1}
 _INSERT_CLAUSE = ", ".join(f"{k} = {v}" for k, v in INSERT_SETTINGS.items())
 
 

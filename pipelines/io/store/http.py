@@ -28,6 +28,10 @@ from pipelines.io.store.base import (
 
 log = logging.getLogger(__name__)
 
+# Async mode is safe only with both: answered after the flush (committed on return), and the retry of a block
+# whose answer was lost dropped by its token (docs/schema.md, "Inserts").
+ASYNC_INSERT_SETTINGS: dict[str, Any] = {"async_insert": 1, "wait_for_async_insert": 1, "async_insert_deduplicate": 1}
+
 
 class HttpStore(Store):
     """A ClickHouse server over HTTP(S) via clickhouse-connect.
@@ -46,9 +50,12 @@ class HttpStore(Store):
     safe to repeat.
 
     ``async_insert=True`` lets the server buffer small inserts from many
-    writers into fewer parts (``async_insert=1``); it always waits for the
+    writers into fewer parts (``async_insert=1``). It always waits for the
     flush (``wait_for_async_insert=1``), so :meth:`insert` still returns only
-    once the rows are committed.
+    once the rows are committed, and asks for deduplication of async inserts
+    (``async_insert_deduplicate=1``): servers before the unified
+    ``deduplicate_insert`` skip the token of an async insert without it, so a
+    retry after a lost answer would write the block twice.
     """
 
     def __init__(
@@ -115,7 +122,7 @@ class HttpStore(Store):
             "insert_deduplication_token": token or dedup_token(table, payload),
         }
         if self.async_insert:
-            settings |= {"async_insert": 1, "wait_for_async_insert": 1}
+            settings |= ASYNC_INSERT_SETTINGS
         self._retrying(
             f"insert into {table} ({data.num_rows} rows)",
             lambda: self._client.raw_insert(table, data.column_names, payload, settings=settings, fmt="ArrowStream"),

@@ -1,6 +1,8 @@
 import dataclasses
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from pipelines.core.dedup import Deduplicator
 from pipelines.core.features import compute_features
@@ -42,6 +44,34 @@ def test_dedup_memory_is_bounded_by_two_generations_of_max_keys() -> None:
         assert d.remembered() <= 2 * 1000
     # the newest keys are still recognised
     assert not d.first_seen(np.arange(49 * 400, 50 * 400, dtype=np.int64), np.full(400, T0, np.int64)).any()
+
+
+W = 3_600_000
+
+
+def _retry_recognised(original_ts: int, advance_ms: int) -> bool:
+    """Whether a retry of the event at ``original_ts`` is recognised after the stream moved ``advance_ms`` on."""
+    d = Deduplicator(window_ms=W)
+    assert d.first_seen(np.array([1], np.int64), np.array([original_ts], np.int64)).all()
+    later = original_ts + advance_ms
+    for i, ts in enumerate(range(original_ts, later + 1, W // 4)):  # the stream in between, and its newest event
+        d.first_seen(np.array([100 + i], np.int64), np.array([ts], np.int64))
+    d.first_seen(np.array([99], np.int64), np.array([later], np.int64))
+    return not d.first_seen(np.array([1], np.int64), np.array([original_ts], np.int64)).any()
+
+
+@settings(max_examples=200, deadline=None)
+@given(phase=hs.integers(0, W - 1), advance=hs.integers(0, 4 * W))
+def test_a_retry_is_recognised_within_one_window_and_forgotten_after_two(phase: int, advance: int) -> None:
+    # the promise of pipelines/core/dedup.py: recognised if it arrives within one to two windows of the
+    # original in event time; which of the two depends on where in its window the original fell
+    recognised = _retry_recognised(T0 // W * W + phase, advance)
+    if advance < W:
+        assert recognised
+    elif advance >= 2 * W:
+        assert not recognised
+    else:  # recognised exactly while the stream is still in the original's window or the next one
+        assert recognised == ((T0 // W * W + phase + advance) // W - (T0 // W * W + phase) // W <= 1)
 
 
 def test_dedup_snapshot_restores_the_remembered_keys() -> None:

@@ -33,7 +33,7 @@ day_starts_utc_offset_hours: 8
 actions:
   welcome: {cooldown_days: 30, daily_cap: 5}
   wake: {cooldown_days: 7}
-  care: {cooldown_days: 14}
+  care: {cooldown_days: 14, marketing: false}
 rules:
   - {id: hush, priority: 1000, when: "not marketing_consent and tier != \\"vip\\"", action: none}
   - {id: care-vip, priority: 900, when: "tier == \\"vip\\" and at_risk", action: care}
@@ -138,6 +138,17 @@ def test_daily_cap_is_split_over_shards_never_exceeded_and_resets_next_operating
     decide(pb, led, np.arange(10, dtype=np.int64), _ctx(10), next_day_utc - 1)
     d = decide(pb, led, np.arange(10, 20, dtype=np.int64), _ctx(10), next_day_utc)
     assert int(d.granted.sum()) == 5
+
+
+def test_a_marketing_action_never_reaches_a_user_without_marketing_consent_whatever_the_rules_say(
+    pb: Playbook,
+) -> None:
+    # "welcome-new" has no "and marketing_consent", and a VIP is not hushed: the action itself is marketing
+    led = _ledger(pb)
+    d = decide(pb, led, np.array([0, 1], np.int64), _ctx(2, marketing=False, tier=0), T0)
+    assert not d.granted.any()
+    d = decide(pb, led, np.array([2], np.int64), _ctx(1, marketing=True, tier=0), T0)
+    assert _names(pb, d.action) == ["welcome"]
 
 
 def test_none_rule_suppresses_lower_rules_but_service_rules_above_it_still_apply(pb: Playbook) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipelines.core.features import FEATURE_NAMES
 from pipelines.core.playbook import load_playbook
 from pipelines.core.rules import RuleError
 from pipelines.core.shard import ShardConfig, ShardProcessor, ShardResult
@@ -306,3 +307,34 @@ def test_conditions_are_vectorised_and_match_row_by_row_evaluation() -> None:
                 expect = code
                 break
         assert got[i] == expect, i
+
+
+@pytest.mark.parametrize(
+    ("rule", "exact"),
+    [
+        ('stage in ["new", "growing", "mature"] and churn_risk >= 0.6', True),
+        ("(churn_risk > 0.3 and churn_risk < 0.7) or purchase_propensity >= 0.9 or days_since_active > 20", True),
+        ("churn_risk * 2 > 1.2", False),  # arithmetic on a score: no regions, every row goes to the model
+    ],
+)
+def test_at_risk_reads_scores_says_which_rows_the_model_can_change(tmp_path: Path, rule: str, exact: bool) -> None:
+    text = (TAXONOMY_DIR / "lifecycle-5.yaml").read_text()
+    old = next(line for line in text.splitlines() if line.startswith("at_risk:"))
+    path = tmp_path / "t.yaml"
+    path.write_text(text.replace(old, f"at_risk: {rule}"))
+    tax = load_taxonomy(path)
+    assert (tax.at_risk_points is not None) == exact
+    rng = np.random.default_rng(5)
+    n = 2_000
+    f = rng.uniform(0, 40, (n, len(FEATURE_NAMES))).astype(np.float32)
+    stage = rng.integers(0, len(tax.stages), n).astype(np.int8)
+    reads = tax.at_risk_reads_scores(f, stage)
+    answers = np.stack(
+        [
+            tax.at_risk(f, stage, rng.uniform(0, 1, n).astype(np.float32), rng.uniform(0, 1, n).astype(np.float32))
+            for _ in range(64)
+        ]
+    )
+    varies = (answers != answers[0]).any(axis=0)
+    assert not varies[~reads].any()  # a row said to be decided without scores never changes with them
+    assert varies[reads].mean() > 0.9  # and the rows said to need them do change (random scores find most)

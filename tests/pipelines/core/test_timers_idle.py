@@ -3,7 +3,7 @@ from prometheus_client import CollectorRegistry
 
 from pipelines.contract.time import NEVER
 from pipelines.core.shard import ShardConfig, ShardProcessor, Slice
-from pipelines.core.timers import Timers, refresh_due
+from pipelines.core.timers import Timers
 from pipelines.flow.dataflow import FlowConfig, ScoreStep, ShardLogic
 from pipelines.monitoring.metrics import PipelineMetrics
 from pipelines.scoring.scorer import Scorer
@@ -43,13 +43,27 @@ def test_timers_skip_rows_whose_reference_time_never_happened() -> None:
     assert t.pending() == 1 and t.pop_due(T0 + 2 * D).tolist() == [1]
 
 
-def test_refresh_phases_are_fixed_by_the_key_and_spread_over_the_interval() -> None:
-    keys = np.arange(24_000, dtype=np.int64) * 7919
-    due = refresh_due(keys, T0, D, H)
-    assert ((due > T0) & (due <= T0 + D)).all()  # the first refresh within one interval
-    assert (refresh_due(keys, int(due.max()), D, H) - due == D).all()  # then one interval apart, same phase
-    per_hour = np.bincount(((due - due.min()) // H).astype(np.int64))
-    assert per_hour.shape[0] == 24 and per_hour.min() > 0.8 * per_hour.mean()  # evenly spread over the day
+def _evaluated_at(proc: ShardProcessor, user: str, res: object) -> list[int]:
+    return [int(fr.version) for fr in res.rows if (fr.user_id == user).any()]  # type: ignore[attr-defined]
+
+
+def test_a_refresh_comes_one_interval_after_a_users_last_evaluation_so_daily_actives_get_none() -> None:
+    proc = ShardProcessor(ShardConfig())
+    seen: dict[str, list[int]] = {"daily": [], "silent": []}
+    proc.process(columns([("daily", T0, "page_view"), ("silent", T0, "page_view")]))
+    refreshes = 0
+    for hour in range(1, 6 * 24):
+        ev = [("clock", T0 + hour * H, "page_view")]
+        if hour % 20 == 0:  # "daily" comes back every 20 hours: never silent for a whole day
+            ev.append(("daily", T0 + hour * H, "page_view"))
+        res = proc.process(columns(ev))
+        refreshes += res.refresh_rows
+        for user in seen:
+            seen[user] += _evaluated_at(proc, user, res)
+    daily_gaps, silent_gaps = np.diff(seen["daily"]), np.diff(seen["silent"])
+    assert (daily_gaps <= 20 * H + H).all() and len(seen["daily"]) >= 6  # its own events, no refresh between
+    assert len(seen["silent"]) >= 5 and (silent_gaps >= D).all() and (silent_gaps <= D + H).all()
+    assert refreshes > 0
 
 
 class _Clock:
@@ -87,3 +101,19 @@ def test_idle_advance_is_off_by_default_for_replays() -> None:
     score = ScoreStep(Scorer.from_dir(DEFAULT_MODEL, device="cpu"), cfg.shard, metrics, _Clock(0))
     logic = ShardLogic("s0", ShardProcessor(cfg.shard), score, metrics, cfg, _Clock(0))
     assert logic.notify_at() is None
+
+
+def test_a_churned_user_who_returns_is_refreshed_daily_again_not_on_the_churned_weekly_cadence() -> None:
+    # before: the returning user kept the weekly entry of their churned days, and their score went up to a
+    # week stale while they were active again (the staleness alert fired on a healthy replay)
+    proc = ShardProcessor(ShardConfig())
+    proc.process(columns([("back", T0, "page_view")]))
+    for day in range(1, 60):  # silent for 59 days: churned after 45, refreshed weekly then
+        proc.process(columns([("clock", T0 + day * D, "page_view")]))
+    back = T0 + 60 * D
+    proc.process(columns([("back", back, "page_view")]))
+    seen = []
+    for hour in range(1, 3 * 24):
+        res = proc.process(columns([("clock", back + hour * H, "page_view")]))
+        seen += _evaluated_at(proc, "back", res)
+    assert seen and seen[0] - back <= D + H  # the first refresh one day after their return

@@ -194,3 +194,59 @@ def test_state_snapshots_are_found_under_the_step_id_bytewax_gives_the_flows_sta
     with sqlite3.connect(rec / "part-0.sqlite3") as db:
         rows = db.execute("SELECT state_key, ser_change FROM snaps WHERE step_id = ?", (STATE_SNAPSHOT_STEP_ID,))
         assert [(k, pickle.loads(b)) for k, b in rows] == [("s0", 6)]
+
+
+class _Payload:
+    """What a crafted snapshot would do when unpickled: leave a file behind."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def _crafted_store(tmp_path: Path) -> tuple[Path, Path]:
+    store = tmp_path / "recovery"
+    store.mkdir()
+    init_db_dir(store, 1)
+    marker = tmp_path / "pwned"
+    with sqlite3.connect(store / "part-0.sqlite3") as db:
+        db.execute(
+            "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, ?, ?)",
+            (STATE_SNAPSHOT_STEP_ID, "s0", 1, pickle.dumps(_Payload(marker))),
+        )
+    return store, marker
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775])
+def test_a_crafted_snapshot_in_a_recovery_store_others_can_write_is_refused_unread(tmp_path: Path, mode: int) -> None:
+    import os
+
+    from pipelines.flow.recovery import UntrustedStateError
+
+    store, marker = _crafted_store(tmp_path)
+    store.chmod(mode)
+    if mode & 0o020:  # group-writable: trusted only for this user's own primary group
+        os.chown(store, -1, os.getegid() + 1)
+    with pytest.raises(UntrustedStateError, match="writable by group or others"):
+        erase_from_recovery(store, ["u1"], ShardConfig())
+    assert not marker.exists()  # refused before anything was unpickled
+
+
+def test_the_pipeline_refuses_to_resume_from_a_world_writable_recovery_store(tmp_path: Path) -> None:
+    from pipelines.flow.recovery import UntrustedStateError
+    from pipelines.flow.runner import run_pipeline
+    from tests.support.events import line
+
+    events = tmp_path / "e.jsonl"
+    events.write_bytes(line() + b"\n")
+    s = Settings(input=str(events), store=f"chdb://{tmp_path}/s.chdb", metrics_port=0)
+    state = s.state_dir()
+    assert state is not None
+    run_pipeline(s, registry=CollectorRegistry(), serve_metrics=False)
+    assert oct(state.stat().st_mode & 0o777) == oct(0o700)  # created private
+    assert all(p.stat().st_mode & 0o077 == 0 for p in state.iterdir())
+    state.chmod(0o777)
+    with pytest.raises(UntrustedStateError, match="writable by group or others"):
+        run_pipeline(s, registry=CollectorRegistry(), serve_metrics=False)
