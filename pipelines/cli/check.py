@@ -31,7 +31,7 @@ from pipelines.cli.preflight import (
     open_checked,
     store_label,
 )
-from pipelines.flow.recovery import recovery_parts
+from pipelines.flow.recovery import check_trusted, recovery_parts
 from pipelines.flow.runner import shard_config
 from pipelines.io.store.migrations import applied_migrations, discover
 from pipelines.scoring.scorer import Scorer
@@ -162,6 +162,7 @@ def recovery_status(s: Settings) -> str:
     state = s.state_dir()
     if state is None:
         return "not persisted (--persist-state false)"
+    check_trusted(state)  # the snapshots are pickles: only this user may have written them
     parts = recovery_parts(state)
     if not parts:
         if _store_has_scores(s):

@@ -95,6 +95,13 @@ def _damaged_recovery_store(tmp: Path) -> list[str]:
     return ["--recovery-dir", str(state)]
 
 
+def _writable_recovery_store(tmp: Path) -> list[str]:
+    state = tmp / "state"
+    state.mkdir()
+    state.chmod(0o777)  # anyone could plant a snapshot (a pickle) there
+    return ["--recovery-dir", str(state)]
+
+
 @pytest.mark.parametrize(
     ("broken", "name", "code", "says"),
     [
@@ -104,8 +111,9 @@ def _damaged_recovery_store(tmp: Path) -> list[str]:
         (_missing_input, "input", EXIT_CONFIG, "no such file"),
         (_no_broker, "input", EXIT_UNAVAILABLE, "no broker answered"),
         (_damaged_recovery_store, "recovery store", EXIT_DATA, "unreadable"),
+        (_writable_recovery_store, "recovery store", EXIT_CONFIG, "writable by group or others"),
     ],
-    ids=["taxonomy", "model", "store", "input", "kafka", "recovery"],
+    ids=["taxonomy", "model", "store", "input", "kafka", "recovery", "untrusted-recovery"],
 )
 def test_each_broken_part_fails_its_own_check(
     events: Path, tmp_path: Path, broken: object, name: str, code: int, says: str
