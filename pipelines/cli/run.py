@@ -56,6 +56,20 @@ from pipelines.settings import Settings
 log = logging.getLogger("lifecycle")
 
 
+def member_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """A local cluster member's command line and environment: the run's flags travel as ``LIFECYCLE_*``.
+
+    Never as arguments: a store URL may carry a password, and every local user can read a process's
+    command line (``ps``); the environment of another user's process is not readable.
+    """
+    env = dict(os.environ)
+    for name in _RUN_FLAGS.values():
+        value = getattr(args, name, None)
+        if value is not None and name not in ("processes", "process_id", "addresses", "metrics_port"):
+            env[f"LIFECYCLE_{name.upper()}"] = str(value)
+    return [sys.executable, "-m", "pipelines.cli.main", "run"], env
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``run`` to the ``lifecycle`` subcommands."""
     run = sub.add_parser("run", help="run the streaming flow")
@@ -254,11 +268,7 @@ def _run_local_cluster(args: argparse.Namespace, s: Settings, console: Any) -> i
             sock.bind(("127.0.0.1", 0))
             ports.append(sock.getsockname()[1])
     addresses = ",".join(f"127.0.0.1:{p}" for p in ports)
-    base: list[str] = [sys.executable, "-m", "pipelines.cli.main", "run"]
-    for flag, name in _RUN_FLAGS.items():
-        value = getattr(args, name)
-        if value is not None and name not in ("processes", "process_id", "addresses", "metrics_port"):
-            base += [flag, str(value)]
+    base, child_env = member_command(args)
     state = s.state_dir()
     if state is not None:
         if args.rebuild_state and state.exists():
@@ -283,7 +293,7 @@ def _run_local_cluster(args: argparse.Namespace, s: Settings, console: Any) -> i
         cmd = [*base, "--process-id", str(i), "--addresses", addresses, "--metrics-port", str(port)]
         # own process group: a Ctrl-C in the terminal reaches only this parent, which forwards it once
         # (a member that got it twice, from the terminal and from here, would stop at once, without a drain)
-        procs.append(subprocess.Popen(cmd, process_group=0))
+        procs.append(subprocess.Popen(cmd, process_group=0, env=child_env))
     rc = 0
     while any(p.poll() is None for p in procs):
         # a member that drained on a forwarded signal exits 128 + signal: the others are draining too
