@@ -86,12 +86,14 @@ def print_summary(console: Console, store: Store, result: RunResult, store_url: 
     console.print(t)
 
     top = store.query(AT_RISK_SQL).to_pylist()
-    t = Table(title="Top at-risk users, with reasons")
+    # user ids only to a person at a terminal: a summary written to a file or a journal is a log line
+    ids = console.is_terminal
+    t = Table(title="Top at-risk users, with reasons" + ("" if ids else " (ids on a terminal only)"))
     for c in ("user_id", "stage", "tier", "churn risk", "propensity", "reasons"):
         t.add_column(c)
     for r in top:
         t.add_row(
-            r["user_id"],
+            r["user_id"] if ids else "-",
             r["stage"],
             r["tier"],
             f"{r['churn_risk']:.3f}",
