@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     store: str = Field("chdb://./data/lifecycle.chdb", description="chdb://PATH or http(s)://HOST:PORT/DB")
     store_user: str = Field("default", description="ClickHouse server user (http store)")
     store_password: SecretStr = Field(SecretStr(""), description="ClickHouse server password (http store)")
+    store_ca_file: str | None = Field(
+        None, description="CA certificate file that signs the https store's certificate (default: the system's)"
+    )
     erasure_salt: SecretStr = Field(
         SecretStr(""),
         description="secret key of the HMAC that erasure_log and the suppression list keep instead of user ids",

@@ -167,7 +167,9 @@ def open_checked(s: Settings, *, must_exist: bool = False) -> Store:
     if s.store.startswith("chdb://"):
         check_chdb_path(chdb_path(s.store), must_exist=must_exist)
     try:
-        return open_store(s.store, user=s.store_user, password=s.store_password.get_secret_value())
+        return open_store(
+            s.store, user=s.store_user, password=s.store_password.get_secret_value(), ca_file=s.store_ca_file
+        )
     except StoreError as err:
         where = store_label(s.store)
         if s.store.startswith("chdb://"):

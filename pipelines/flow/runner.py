@@ -164,7 +164,9 @@ def kafka_outputs(s: Settings) -> dict[str, Any]:
 
 
 def open_migrated_store(s: Settings) -> Store:
-    store = open_store(s.store, user=s.store_user, password=s.store_password.get_secret_value())
+    store = open_store(
+        s.store, user=s.store_user, password=s.store_password.get_secret_value(), ca_file=s.store_ca_file
+    )
     migrate(store, s.sql_dir)
     return store
 

@@ -70,6 +70,7 @@ class HttpStore(Store):
         max_backoff_seconds: float = 5.0,
         timeout_seconds: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        ca_file: str | None = None,
     ) -> None:
         """``timeout_seconds``: socket read timeout of one request (clickhouse-connect's
         ``send_receive_timeout``, default 300 s); a timed-out insert is retried like a refused one.
@@ -88,6 +89,8 @@ class HttpStore(Store):
         self._sleep = sleep
         self._where = f"{u.hostname}:{u.port}"  # the URL may carry a password: name only host and port
         options: dict[str, Any] = {} if timeout_seconds is None else {"send_receive_timeout": timeout_seconds}
+        if ca_file is not None:
+            options["ca_cert"] = ca_file  # a private CA; verification stays on
         try:
             self._client = clickhouse_connect.get_client(
                 host=u.hostname or "localhost",
