@@ -69,9 +69,8 @@ def score_rows(users: list[str], *, version: int, stage: str = "growing", risk: 
 def test_http_store_migrates_and_round_trips_scores(store: HttpStore) -> None:
     tables = store.query("SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name")
     assert tables.column("name").to_pylist() == [
-        "action_exports", "consent", "erasure_log", "model_versions", "rejected_events", "schema_migrations",
-        "score_history",
-        "score_history_mv", "stage_transitions", "user_scores",
+        "action_exports", "consent", "erasure_log", "marketing_refused", "model_versions", "rejected_events",
+        "schema_migrations", "score_history", "score_history_mv", "stage_transitions", "suppressed", "user_scores",
     ]  # fmt: skip
     assert migrate(store, DEFAULT_SQL) == [p.name for p in sorted(DEFAULT_SQL.glob("*.sql"))]  # idempotent
 

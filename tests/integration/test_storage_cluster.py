@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 CLUSTER_SQL = Path(__file__).resolve().parents[2] / "sql" / "cluster"
 QUERIES = CLUSTER_SQL.parent / "queries"
 SHARDED = ("user_scores", "score_history", "stage_transitions", "rejected_events", "action_exports")
-FULL_COPY = ("consent", "erasure_log", "model_versions", "schema_migrations")
+FULL_COPY = ("consent", "erasure_log", "model_versions", "schema_migrations", "suppressed")
 
 # One shard, one replica: this process. tcp_port makes the replica "local", so the Distributed engine
 # reads and writes the _local tables in-process instead of connecting to a server.
