@@ -45,6 +45,10 @@ def _open(path: Path) -> io.BufferedIOBase:
 #: a multi-gigabyte line without a newline cannot exhaust memory.
 MAX_LINE_BYTES = 1 << 20
 _SKIP_CHUNK = 1 << 20
+#: A batch ends once its lines hold this many bytes (or at ``batch_events`` lines, whichever comes
+#: first): a batch of long lines is bounded in bytes, not only in lines. With the line bound, one batch
+#: holds at most ``max_batch_bytes + max_line_bytes`` bytes of payload.
+MAX_BATCH_BYTES = 32 << 20
 
 
 class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
@@ -57,8 +61,10 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         resume: tuple[int, int] | None,
         clock: Clock,
         max_line_bytes: int = MAX_LINE_BYTES,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         self._max_line = max_line_bytes
+        self._max_bytes = max_batch_bytes
         self._path = path
         self._name = str(path)
         self._batch = batch_events
@@ -77,7 +83,8 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         numbers: list[int] = []
         pos, line_no = self._pos, self._line
         readline = self._buf.readline
-        while len(lines) < self._batch:
+        size = 0
+        while len(lines) < self._batch and size < self._max_bytes:
             raw = readline(self._max_line)
             if not raw:
                 self._done = True
@@ -92,6 +99,7 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
             if stripped.strip():  # blank lines are not events
                 lines.append(stripped)
                 numbers.append(line_no)
+                size += len(stripped)
         self._pos, self._line = pos, line_no
         if not lines:
             if self._done:
@@ -116,12 +124,19 @@ class _FilesPartition(StatefulSourcePartition[RawBatch, FilesState]):
     """The files of a :class:`FileSource`, one after another, as one stream."""
 
     def __init__(
-        self, paths: list[Path], batch_events: int, resume: FilesState | None, clock: Clock, max_line_bytes: int
+        self,
+        paths: list[Path],
+        batch_events: int,
+        resume: FilesState | None,
+        clock: Clock,
+        max_line_bytes: int,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         self._paths = paths
         self._batch = batch_events
         self._clock = clock
         self._max_line = max_line_bytes
+        self._max_bytes = max_batch_bytes
         self._state: FilesState = dict(resume or {})
         self._i = 0
         self._part: _FilePartition | None = None
@@ -129,10 +144,9 @@ class _FilesPartition(StatefulSourcePartition[RawBatch, FilesState]):
     def next_batch(self) -> list[RawBatch]:
         while self._i < len(self._paths):
             if self._part is None:
-                key = str(self._paths[self._i].resolve())
-                self._part = _FilePartition(
-                    self._paths[self._i], self._batch, self._state.get(key), self._clock, self._max_line
-                )
+                path = self._paths[self._i]
+                resume = self._state.get(str(path.resolve()))
+                self._part = _FilePartition(path, self._batch, resume, self._clock, self._max_line, self._max_bytes)
             try:
                 out = self._part.next_batch()
             except StopIteration:
@@ -163,7 +177,10 @@ class FileSource(FixedPartitionedSource[RawBatch, FilesState]):
         batch_events: int = 20_000,
         clock: Clock = time.time,
         max_line_bytes: int = MAX_LINE_BYTES,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
+        if max_batch_bytes < 1:
+            raise ValueError(f"max_batch_bytes must be >= 1, got {max_batch_bytes}")
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"input file(s) not found: {', '.join(missing)}")
@@ -171,6 +188,7 @@ class FileSource(FixedPartitionedSource[RawBatch, FilesState]):
         self._batch = batch_events
         self._clock = clock
         self._max_line = max_line_bytes
+        self._max_bytes = max_batch_bytes
 
     def list_parts(self) -> list[str]:
         return [FILES_STREAM]
@@ -180,7 +198,8 @@ class FileSource(FixedPartitionedSource[RawBatch, FilesState]):
         return [FILES_STREAM]
 
     def build_part(self, step_id: str, for_part: str, resume_state: FilesState | None) -> _FilesPartition:
-        return _FilesPartition(list(self._paths.values()), self._batch, resume_state, self._clock, self._max_line)
+        paths = list(self._paths.values())
+        return _FilesPartition(paths, self._batch, resume_state, self._clock, self._max_line, self._max_bytes)
 
 
 class _IterPartition(StatefulSourcePartition[RawBatch, int]):
@@ -231,10 +250,15 @@ class IteratorSource(FixedPartitionedSource[RawBatch, int]):
 
 
 def read_batches(
-    path: Path, *, batch_events: int = 100_000, clock: Clock = time.time, max_line_bytes: int = MAX_LINE_BYTES
+    path: Path,
+    *,
+    batch_events: int = 100_000,
+    clock: Clock = time.time,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    max_batch_bytes: int = MAX_BATCH_BYTES,
 ) -> Iterator[RawBatch]:
     """The same batches a :class:`FileSource` would emit, outside Bytewax (offline jobs)."""
-    part = _FilePartition(path, batch_events, None, clock, max_line_bytes)
+    part = _FilePartition(path, batch_events, None, clock, max_line_bytes, max_batch_bytes)
     try:
         while True:
             try:
