@@ -14,7 +14,8 @@ both decided in event time, never by wall time or batch sizes:
   early in parts, by provisional scoring or at the end of an input, counts its parts in the
   order they were applied.) Counters are kept for the seconds a still-valid event can be
   dated in (the allowed lateness and one tick behind the last closed tick); an event older
-  than that counts in the oldest kept second. The guard holds a flood's growth to
+  than that counts in the oldest kept second. It runs before duplicate detection, so refused
+  events are not remembered there either (a retry of one asks again). The guard holds a flood's growth to
   ``max_new_users_per_second`` rows per second of event time per shard, whatever its rate.
 * **Eviction** (:meth:`Retention.on_tick`). Once per day of event time (at the first tick
   closed in a new day, before that tick's events are applied) every user whose committed

@@ -385,11 +385,12 @@ class ShardProcessor:
     def _apply(self, ev: EventColumns) -> ShardProcessor._Applied:
         if not len(ev):
             return ShardProcessor._Applied(np.zeros(0, np.int64), [], 0, 0)
+        # new users beyond the rate guard: dead letters, before dedup, so that a flood is not remembered either
+        ev, rejects = self.retention.admit(ev, self.state)
         fresh = self.dedup.first_seen(ev.event_key, ev.ts_ms)
         duplicates = int((~fresh).sum())
         if duplicates:
             ev = ev.take(fresh)
-        ev, rejects = self.retention.admit(ev, self.state)  # new users beyond the rate guard: dead letters
         applied = self.state.apply(ev)
         if applied.collisions.any():
             rejects += ev.rejections(applied.collisions, RejectReason.USER_ID_COLLISION, "64-bit user key collision")
