@@ -130,7 +130,7 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 MAX_BATCH_BYTES = 32 << 20
 
 
-def byte_bounds(max_batch_bytes: int) -> dict[str, Any]:
+def byte_bounds(max_batch_bytes: int, message_max_bytes: int = 1_000_000) -> dict[str, Any]:
     """The librdkafka options that bound what one partition's consumer buffers to about ``max_batch_bytes``.
 
     ``fetch.max.bytes`` (librdkafka default 50 MiB) caps one fetch response, ``max.partition.fetch.bytes``
@@ -138,10 +138,11 @@ def byte_bounds(max_batch_bytes: int) -> dict[str, Any]:
     prefetched into the client's queue. A single record larger than these is still fetched (the
     broker returns it whole so that the consumer progresses): the broker's ``max.message.bytes``
     bounds records; the decoder rejects any above ``max_event_bytes`` as oversized. Options given in
-    the source's ``config`` override these.
+    the source's ``config`` override these. librdkafka refuses a ``fetch.max.bytes`` below the client's
+    ``message.max.bytes`` (``message_max_bytes``, default 1,000,000), so it is never set lower.
     """
     return {
-        "fetch.max.bytes": max(1024, max_batch_bytes),
+        "fetch.max.bytes": max(message_max_bytes, max_batch_bytes),
         "max.partition.fetch.bytes": max(1024, min(1 << 20, max_batch_bytes)),
         "queued.max.messages.kbytes": max(1, max_batch_bytes // 1024),
     }
@@ -558,7 +559,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         partition = int(num)
         config = {
             **CONSUMER_DEFAULTS,
-            **byte_bounds(self._max_bytes),
+            **byte_bounds(self._max_bytes, int(self._config.get("message.max.bytes", 1_000_000))),
             "group.id": self._group_id,
             "client.id": f"{self._group_id}-{for_part}",
             **self._client_config(),
