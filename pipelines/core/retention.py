@@ -75,14 +75,20 @@ class Retention:
         #: users evicted since the last :meth:`take_evicted`
         self.evicted = 0
 
-    def admit(self, ev: EventColumns, state: ShardState) -> tuple[EventColumns, list[Rejection]]:
-        """The events to apply (known users, admitted new ones) and the dead letters of the rest."""
+    def admit(
+        self, ev: EventColumns, state: ShardState
+    ) -> tuple[EventColumns, list[Rejection], npt.NDArray[np.int64] | None]:
+        """The events to apply (known users, admitted new ones), the dead letters of the rest, and the
+        state's rows of the events to apply (-1: new; None when the guard is off), so that applying
+        them probes the index no second time.
+        """
         limit = self.bounds.max_new_users_per_second
         if limit <= 0 or not len(ev):
-            return ev, []
-        new = state.lookup(ev.user_key) < 0
+            return ev, [], None
+        rows = state.lookup(ev.user_key)
+        new = rows < 0
         if not new.any():
-            return ev, []
+            return ev, [], rows
         keys, first = np.unique(ev.user_key[new], return_index=True)
         sec = np.maximum(ev.ts_ms[new][first] // 1000, self.floor_s)
         order = np.lexsort((first, sec))  # by second, then by first appearance (the applied order)
@@ -96,10 +102,10 @@ class Retention:
             self.admitted[s] = self.admitted.get(s, 0) + min(r, k)
         refused = keys[rank >= room[group]]
         if not refused.shape[0]:
-            return ev, []
+            return ev, [], rows
         out = np.isin(ev.user_key, refused) & new
         detail = f"more than {limit} new users in one second of event time in this shard"
-        return ev.take(~out), ev.rejections(out, RejectReason.NEW_USER_RATE, detail)
+        return ev.take(~out), ev.rejections(out, RejectReason.NEW_USER_RATE, detail), rows[~out]
 
     def on_tick(
         self,

@@ -386,12 +386,12 @@ class ShardProcessor:
         if not len(ev):
             return ShardProcessor._Applied(np.zeros(0, np.int64), [], 0, 0)
         # new users beyond the rate guard: dead letters, before dedup, so that a flood is not remembered either
-        ev, rejects = self.retention.admit(ev, self.state)
+        ev, rejects, known = self.retention.admit(ev, self.state)
         fresh = self.dedup.first_seen(ev.event_key, ev.ts_ms)
         duplicates = int((~fresh).sum())
         if duplicates:
-            ev = ev.take(fresh)
-        applied = self.state.apply(ev)
+            ev, known = ev.take(fresh), None if known is None else known[fresh]
+        applied = self.state.apply(ev, known)
         if applied.collisions.any():
             rejects += ev.rejections(applied.collisions, RejectReason.USER_ID_COLLISION, "64-bit user key collision")
         n = len(ev) - int(applied.collisions.sum())

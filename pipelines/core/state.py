@@ -183,12 +183,13 @@ class ShardState:
     # ----------------------------------------------------------------- index
 
     def rows_for(
-        self, keys: npt.NDArray[np.int64], ids: npt.NDArray[np.object_]
+        self, keys: npt.NDArray[np.int64], ids: npt.NDArray[np.object_], known: npt.NDArray[np.int64] | None = None
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
         """Dense rows of ``keys``, adding unseen users. Second value flags events whose
-        64-bit key collides with a different user id (they get row -1).
+        64-bit key collides with a different user id (they get row -1). ``known``: the
+        :meth:`lookup` of ``keys`` when the caller already made it (one hash probe per event, not two).
         """
-        rows = self._index.lookup(keys)
+        rows = self._index.lookup(keys) if known is None else known
         new = rows < 0
         if new.any():
             new_keys, first = np.unique(keys[new], return_index=True)
@@ -214,11 +215,11 @@ class ShardState:
 
     # ----------------------------------------------------------------- updates
 
-    def apply(self, ev: EventColumns) -> Applied:
-        """Apply a batch of (already validated, in-lateness) events. Vectorised."""
+    def apply(self, ev: EventColumns, known: npt.NDArray[np.int64] | None = None) -> Applied:
+        """Apply a batch of (already validated, in-lateness) events. Vectorised. ``known``: as in :meth:`rows_for`."""
         if len(ev) == 0:
             return Applied(np.zeros(0, np.int64), np.zeros(0, bool))
-        rows, collide = self.rows_for(ev.user_key, ev.user_id)
+        rows, collide = self.rows_for(ev.user_key, ev.user_id, known)
         if collide.any():
             ev = ev.take(~collide)
             rows = rows[~collide]
