@@ -20,10 +20,12 @@ both decided in event time, never by wall time or batch sizes:
 * **Eviction** (:meth:`Retention.on_tick`). Once per day of event time (at the first tick
   closed in a new day, before that tick's events are applied) every user whose committed
   stage is ``churned`` and whose newest event is older than ``churned_retention_ms`` is
-  evicted: their row is cleared and reused by the next new user
-  (:meth:`~pipelines.core.state.ShardState.evict_rows`), their action history cleared.
-  Their last row stays in the store; a later event of theirs starts them anew, as a new
-  user. Users applied early and not yet evaluated at a closed tick are kept.
+  evicted: gone at once (no event reaches them, no timer evaluates them), their row cleared
+  with their action history and reused by new users from the next activation on
+  (:meth:`Retention.release`: the playbook decides after an activation's ticks, so a row must
+  not change hands while a decision for it is pending). Their last row stays in the store;
+  a later event of theirs starts them anew, as a new user. Users applied early and not yet
+  evaluated at a closed tick are kept.
 
 Both are part of the shard's state and snapshot (:meth:`Retention.snapshot`).
 """
@@ -111,7 +113,6 @@ class Retention:
         self,
         t: int,
         st: ShardState,
-        ledger: ActionLedger,
         touched: npt.NDArray[np.int64],
         stages: tuple[str, ...],
     ) -> None:
@@ -134,9 +135,16 @@ class Retention:
         old = (st.stage[:n] == stages.index("churned")) & (st.ts["ref_ts"][:n] <= t - retention)
         rows = np.flatnonzero(old & (st.user_id[:n] != "")).astype(np.int64)
         rows = rows[~np.isin(rows, touched)]  # applied, not yet evaluated: kept until their tick closes
-        if rows.shape[0]:
-            ledger.clear(rows)
-            self.evicted += st.evict_rows(rows)
+        self.evicted += st.retire(rows)  # gone now; rows freed at the next activation (:meth:`release`)
+
+    def release(self, st: ShardState, ledger: ActionLedger) -> None:
+        """Free the rows retired so far (state and action history): call when no decision is pending.
+
+        The playbook decides after all ticks of an activation are closed, so a row evicted at one
+        tick may still have a decision pending from an earlier tick of the same activation; rows are
+        therefore reused only from the next activation (or snapshot) on.
+        """
+        ledger.clear(st.release_retired())
 
     def take_evicted(self) -> int:
         """Users evicted since the last call (for the metric)."""

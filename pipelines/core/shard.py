@@ -309,6 +309,7 @@ class ShardProcessor:
         return min(due) if due else None
 
     def _close_through(self, watermark: int) -> ShardResult:
+        self.retention.release(self.state, self.ledger)  # a new activation: no decision is pending
         res = ShardResult()
         while True:
             t = self._next_due()
@@ -323,7 +324,7 @@ class ShardProcessor:
     def _close(self, t: int, res: ShardResult) -> None:
         """Close tick ``t``: apply its events, evaluate touched, timer-due and refresh-due users as of ``t``."""
         st = self.state
-        self.retention.on_tick(t, st, self.ledger, self.touched, self.cfg.taxonomy.stages)  # before t's events
+        self.retention.on_tick(t, st, self.touched, self.cfg.taxonomy.stages)  # before t's events
         res.evicted += self.retention.take_evicted()
         ev = self._take_held(t)
         touched = self._apply_into(ev, res, t)
@@ -498,6 +499,7 @@ class ShardProcessor:
     # ------------------------------------------------------------------ recovery
 
     def snapshot(self) -> dict[str, Any]:
+        self.retention.release(self.state, self.ledger)  # between activations: nothing pending
         held = [(t, p.compact()) for t in sorted(self._held) for p in self._held[t]]
         return {
             "state": self.state.snapshot_arrays(),

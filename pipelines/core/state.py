@@ -140,6 +140,8 @@ class ShardState:
         self._index = pd_hashtable.Int64HashTable(capacity)
         #: rows free for reuse (sorted): they hold nobody (``user_id == ""``)
         self._free = np.zeros(0, np.int64)
+        #: rows of evicted users not yet cleared (:meth:`retire`): nobody's, but not yet free
+        self._retired = np.zeros(0, np.int64)
         #: keys unmapped from the index since it was built (the hash table cannot delete: rebuilt past a bound)
         self._dead_keys = 0
         self._alloc(capacity)
@@ -147,7 +149,7 @@ class ShardState:
     @property
     def users(self) -> int:
         """Users held (rows in use)."""
-        return self.n - int(self._free.shape[0])
+        return self.n - int(self._free.shape[0]) - int(self._retired.shape[0])
 
     # ----------------------------------------------------------------- storage
 
@@ -364,6 +366,7 @@ class ShardState:
         if rows.shape[0]:
             self._index.map_keys_to_values(self.user_key[rows], rows)
         self._free = np.flatnonzero(~live).astype(np.int64)
+        self._free = self._free[~np.isin(self._free, self._retired)]  # retired rows are freed when released
         self._dead_keys = 0
 
     def erase(self, keys: npt.NDArray[np.int64]) -> int:
@@ -375,7 +378,31 @@ class ShardState:
         rows = self.lookup(keys)
         return self.evict_rows(rows[rows >= 0])
 
-    def evict_rows(self, rows: npt.NDArray[np.int64]) -> int:
+    def retire(self, rows: npt.NDArray[np.int64]) -> int:
+        """Evict ``rows`` now, free them later (:meth:`release_retired`); returns how many were retired.
+
+        Their users are gone at once (unmapped, ``user_id == ""``: no event reaches them, no timer
+        evaluates them), but the rows keep their key and data until released: decisions still
+        pending for them (the playbook runs after the activation's ticks) read the right user.
+        """
+        rows = np.unique(rows)
+        rows = rows[self.user_id[rows] != ""]
+        if rows.shape[0]:
+            self._index.map_keys_to_values(self.user_key[rows], np.full(rows.shape[0], -1, np.int64))
+            self._dead_keys += int(rows.shape[0])
+            self.user_id[rows] = ""
+            self._retired = np.union1d(self._retired, rows)
+        return int(rows.shape[0])
+
+    def release_retired(self) -> npt.NDArray[np.int64]:
+        """Clear the retired rows and free them for reuse; returns them (the caller clears what it keeps per row)."""
+        rows, self._retired = self._retired, np.zeros(0, np.int64)
+        if rows.shape[0]:
+            self.user_id[rows] = "x"  # (evict_rows clears rows that hold a user)
+            self.evict_rows(rows, unmap=False)
+        return rows
+
+    def evict_rows(self, rows: npt.NDArray[np.int64], *, unmap: bool = True) -> int:
         """Clear ``rows`` (users in use) and free them for reuse; returns how many were cleared.
 
         The same as erasure (:meth:`erase`): nothing of the user stays, and a later event of
@@ -386,8 +413,9 @@ class ShardState:
         rows = rows[self.user_id[rows] != ""]
         if rows.shape[0] == 0:
             return 0
-        self._index.map_keys_to_values(self.user_key[rows], np.full(rows.shape[0], -1, np.int64))
-        self._dead_keys += int(rows.shape[0])
+        if unmap:
+            self._index.map_keys_to_values(self.user_key[rows], np.full(rows.shape[0], -1, np.int64))
+            self._dead_keys += int(rows.shape[0])
         for name, a in self._columns().items():
             if name.startswith("ts_") or name == "scored_ms":
                 a[rows] = NEVER
