@@ -253,6 +253,9 @@ def core_effect(users: int, days: int) -> None:
 
 
 def main() -> int:
+    import torch
+
+    torch.set_num_threads(1)  # as the pipeline runs (LIFECYCLE_TORCH_THREADS=1): two threads thrash on 2 cores
     users = int(os.environ.get("BENCH_ET_USERS", "3000"))
     if users:  # 0 skips a part
         freshness(users, int(os.environ.get("BENCH_ET_DAYS", "60")))

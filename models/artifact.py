@@ -101,8 +101,18 @@ def load_artifact(
             + ("" if missing or unknown else " (same names, different order or version)")
             + ". Retrain with `lifecycle train` or use a matching artifact."
         )
-    model = LifecycleNet(len(meta["feature_names"]), tuple(meta["hidden"]))
-    state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    try:
+        model = LifecycleNet(len(meta["feature_names"]), tuple(meta["hidden"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{meta_path}: incomplete artifact metadata ({type(err).__name__}: {err})") from err
+    weights = path / "model.pt"
+    if not weights.is_file():
+        raise ArtifactError(f"{path}: no model.pt beside artifact.json (an incomplete copy?)")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a damaged file
+        first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
+        raise ArtifactError(f"{weights}: corrupt or incompatible weights ({first[:160]})") from err
     model.eval()
     return Artifact(model.to(device), meta)

@@ -27,10 +27,16 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LIFECYCLE_", frozen=True, extra="ignore")
 
-    input: str = Field("simulate", description="simulate | PATH(.jsonl[.gz]) | kafka://HOST:PORT/TOPIC")
+    input: str = Field(
+        "simulate",
+        description="simulate | PATH[,PATH...] (.jsonl[.gz], .csv[.gz], .parquet) | kafka://HOST:PORT/TOPIC",
+    )
     store: str = Field("chdb://./data/lifecycle.chdb", description="chdb://PATH or http(s)://HOST:PORT/DB")
     store_user: str = Field("default", description="ClickHouse server user (http store)")
     store_password: SecretStr = Field(SecretStr(""), description="ClickHouse server password (http store)")
+    store_ca_file: str | None = Field(
+        None, description="CA certificate file that signs the https store's certificate (default: the system's)"
+    )
     erasure_salt: SecretStr = Field(
         SecretStr(""),
         description="secret key of the HMAC that erasure_log and the suppression list keep instead of user ids",
@@ -152,6 +158,11 @@ class Settings(BaseSettings):
         description='librdkafka options as JSON, e.g. {"security.protocol":"SASL_SSL","sasl.password":"..."}; '
         "values are treated as secrets",
     )
+    kafka_connect_timeout_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="`run` and `check` give up with one line when no Kafka broker answers within this (0 = wait)",
+    )
     kafka_eof_exit: bool = Field(False, description="stop when every Kafka partition is at its end (tests, backfills)")
     dead_letter_topic: str | None = Field(
         None, description="kafka://HOST:PORT/TOPIC: also write dead letters there (original bytes, headers)"
@@ -165,6 +176,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _cluster(self) -> Settings:
+        if self.processes > 1 and self.store.startswith("chdb://"):
+            raise ValueError(
+                f"--processes {self.processes} needs a ClickHouse server store (--store http(s)://HOST:PORT/DB): "
+                "chDB allows one process per data directory"
+            )
         if (self.addresses is None) != (self.process_id is None):
             raise ValueError("addresses and process_id go together")
         if self.addresses is not None and self.process_id is not None:

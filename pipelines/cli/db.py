@@ -1,8 +1,9 @@
 """``lifecycle db migrate``, ``lifecycle forget`` and ``lifecycle consent``: the store's admin commands.
 
 :func:`register` adds the subcommands to the ``lifecycle`` parser; each sets
-``func`` to its handler, which returns the exit code (0 ok, 1 the store
-failed, 2 a configuration error). The store URL defaults to
+``func`` to its handler, which returns the exit code of the CLI's error policy
+(:mod:`pipelines.cli.errors`: 0 ok, 3 a configuration error, 4 the store is
+unavailable, 5 the store refused a statement). The store URL defaults to
 ``LIFECYCLE_STORE`` (:class:`~pipelines.settings.Settings`), as for ``run``.
 User ids are never printed: a forget prints the id's SHA-256, as erasure_log
 keeps it.
@@ -17,11 +18,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from pipelines.cli.check import store_status
+from pipelines.cli.errors import CliError, classify
+from pipelines.cli.preflight import open_checked, store_label
 from pipelines.flow.recovery import erase_from_recovery, recovery_parts
 from pipelines.flow.runner import shard_config
 from pipelines.io.store.base import Store, StoreError
 from pipelines.io.store.migrations import apply_migrations, discover, migrate
-from pipelines.io.store.url import open_store
 from pipelines.privacy.erasure import forget_user, set_consent, user_hash
 from pipelines.settings import Settings
 
@@ -30,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``db migrate``, ``forget`` and ``consent`` to the ``lifecycle`` subcommands."""
     store_help = "store URL: chdb://PATH or http(s)://HOST:PORT/DB [env: LIFECYCLE_STORE]"
 
-    db = sub.add_parser("db", help="store administration (schema migrations)")
+    db = sub.add_parser("db", help="store administration (schema migrations: migrate, status)")
     db_sub = db.add_subparsers(dest="db_cmd", required=True)
     mig = db_sub.add_parser("migrate", help="apply the pending numbered migrations and record them")
     mig.add_argument("--store", default=None, help=store_help)
@@ -41,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="migrations directory, e.g. sql/cluster for the cluster schema [env: LIFECYCLE_SQL_DIR]",
     )
     mig.set_defaults(func=cmd_migrate)
+    status = db_sub.add_parser("status", help="list the applied and the pending migrations (changes nothing)")
+    status.add_argument("--store", default=None, help=store_help)
+    status.add_argument("--sql-dir", type=Path, default=None, help="migrations directory [env: LIFECYCLE_SQL_DIR]")
+    status.set_defaults(func=cmd_status)
 
     forget = sub.add_parser("forget", help="erase a user from every table (PIPL) and record it in erasure_log")
     forget.add_argument("--user", required=True, help="the user id to erase")
@@ -95,19 +102,17 @@ def _open(args: argparse.Namespace) -> tuple[Store, Settings]:
     flags = ("store", "sql_dir", "recovery_dir", "taxonomy", "playbook")
     overrides = {k: getattr(args, k, None) for k in flags}
     s = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    return open_store(s.store, user=s.store_user, password=s.store_password.get_secret_value()), s
+    return open_checked(s), s
 
 
 def _run(args: argparse.Namespace, action: str) -> int:
     try:
         store, settings = _open(args)
         sql_dir = settings.sql_dir
-    except ValidationError as err:
-        print(f"lifecycle: configuration error:\n{err}", file=sys.stderr)
-        return 2
-    except StoreError as err:
-        print(f"lifecycle {action}: {err}", file=sys.stderr)
-        return 1
+    except (ValidationError, StoreError, CliError) as err:
+        failure = classify(err)
+        print(f"lifecycle {action}: {failure}", file=sys.stderr)
+        return failure.code
     try:
         if action != "db migrate":
             # consent may be recorded before the pipeline first ran, and both commands write columns
@@ -151,12 +156,10 @@ def _run(args: argparse.Namespace, action: str) -> int:
                 n = set_consent(store, args.user, bool(args.opted_out), args.source, salt=salt)
                 what = "opt-out" if args.opted_out else "opt-in"
             print(f"recorded {what} for {n} user(s)")
-    except ValueError as err:
-        print(f"lifecycle {action}: {err}", file=sys.stderr)
-        return 2
-    except StoreError as err:
-        print(f"lifecycle {action}: {err}", file=sys.stderr)
-        return 1
+    except (ValueError, StoreError) as err:
+        failure = classify(err)
+        print(f"lifecycle {action}: {failure}", file=sys.stderr)
+        return failure.code
     finally:
         store.close()
     return 0
@@ -165,6 +168,25 @@ def _run(args: argparse.Namespace, action: str) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     """``lifecycle db migrate``: apply what is pending, print what ran."""
     return _run(args, "db migrate")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``lifecycle db status``: every migration of the directory, applied or pending; exit 0 either way."""
+    overrides = {k: getattr(args, k, None) for k in ("store", "sql_dir")}
+    s = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    applied, pending, unknown = store_status(s)
+    print(f"store {store_label(s.store)}, migrations in {s.sql_dir}:")
+    for name in applied:
+        print(f"  applied  {name}")
+    for name in pending:
+        print(f"  pending  {name}")
+    for name in unknown:
+        print(f"  unknown  {name} (recorded in the store, not in the directory: applied by a newer version?)")
+    print(
+        f"{len(applied)} applied, {len(pending)} pending"
+        + (" (`lifecycle db migrate` applies them)" if pending else "")
+    )
+    return 0
 
 
 def cmd_forget(args: argparse.Namespace) -> int:

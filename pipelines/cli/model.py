@@ -5,8 +5,8 @@ sets ``func`` (a function of the parsed args returning the exit code), as the
 other registered command groups do (``pipelines/cli/db.py``). Events files may
 be JSONL(.gz), CSV or Parquet in the event contract (``docs/events.md``).
 Events after ``--as-of`` are ignored by ``train`` and ``score`` and are the
-labels of ``evaluate``. Exit codes: 0 ok, 2 bad input (missing file, unusable
-history, incompatible model), 1 other failures.
+labels of ``evaluate``. Exit codes (:mod:`pipelines.cli.errors`): 0 ok, 3 bad
+input (missing file, unusable history, incompatible model), 1 other failures.
 """
 
 from __future__ import annotations
@@ -96,16 +96,17 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _guard(fn: Handler) -> Handler:
-    """Incompatible artifacts are a usage error (exit 2) with the artifact's own message."""
+    """Incompatible artifacts are a configuration error (exit 3) with the artifact's own message."""
 
     def run(args: argparse.Namespace) -> int:
         from models.artifact import ArtifactError
+        from pipelines.cli.errors import EXIT_CONFIG
 
         try:
             return fn(args)
         except ArtifactError as err:
-            print(f"lifecycle: {err}", file=sys.stderr)
-            return 2
+            print(f"lifecycle {args.cmd}: {err}", file=sys.stderr)
+            return EXIT_CONFIG
 
     run.__name__ = fn.__name__
     run.__doc__ = fn.__doc__
@@ -117,9 +118,10 @@ def _read(path: Path) -> EventHistory:
 
     t0 = time.perf_counter()
     hist = load_history([path])
-    msg = f"read {len(hist.events):,} events from {path} in {time.perf_counter() - t0:.1f}s"
+    msg = f"read {len(hist.events):,} events from {path} in {time.perf_counter() - t0:.1f} s"
     if hist.n_rejected:
-        msg += f"; rejected {hist.n_rejected:,} ({dict(hist.rejected)}), e.g. {'; '.join(hist.examples[:3])}"
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(dict(hist.rejected).items(), key=lambda kv: -kv[1]))
+        msg += f"; rejected {hist.n_rejected:,} ({reasons}), e.g. {'; '.join(hist.examples[:3])}"
     if hist.duplicates:
         msg += f"; {hist.duplicates:,} repeated event ids applied once"
     print(msg)
@@ -132,6 +134,7 @@ def _read(path: Path) -> EventHistory:
 @_guard
 def cmd_train(args: argparse.Namespace) -> int:
     """Build the training set at rolling origins before --as-of, fit, calibrate, save the artifact."""
+    from pipelines.cli.format import count, number
     from pipelines.contract.time import ms_to_day
     from pipelines.offline.train import train_model
 
@@ -152,8 +155,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     ts = t.training_set
     print(
         f"training set: {ts.x.shape[0]:,} rows x {ts.x.shape[1]} features from {ts.n_events:,} events up to "
-        f"{args.as_of}, {len(ts.origins_ms)} origins {ms_to_day(ts.origins_ms[0])}..{ms_to_day(ts.origins_ms[-1])}, "
-        f"positive rates {np.round(ts.y.mean(0).astype(np.float64), 3).tolist()}"
+        f"{args.as_of}, {count(len(ts.origins_ms), 'origin')} {ms_to_day(ts.origins_ms[0])}.."
+        f"{ms_to_day(ts.origins_ms[-1])}, positive rates {[number(float(r), 3) for r in ts.y.mean(0)]}"
     )
     val = t.report.val_metrics
     print(
@@ -238,8 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (FileNotFoundError, ValueError) as err:
-        print(f"lifecycle: {err}", file=sys.stderr)
-        return 2
+        from pipelines.cli.errors import classify
+
+        failure = classify(err)
+        print(f"lifecycle {args.cmd}: {failure}", file=sys.stderr)
+        return failure.code
 
 
 if __name__ == "__main__":

@@ -19,9 +19,12 @@ from typing import Any
 import torch
 
 from models.artifact import ArtifactError
+from pipelines.cli.errors import EXIT_CONFIG, classify
+from pipelines.cli.format import duration, instant
+from pipelines.cli.preflight import open_checked, store_label
 from pipelines.contract.time import as_of_ms
 from pipelines.core.rules import RuleError
-from pipelines.flow.runner import open_migrated_store
+from pipelines.io.store.migrations import migrate
 from pipelines.offline.history import load_history
 from pipelines.offline.rescore import rescore
 from pipelines.scoring.scorer import Scorer
@@ -92,8 +95,8 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     try:
         taxonomy = s.load_taxonomy()
     except RuleError as err:
-        print(f"lifecycle rescore: {err}", file=sys.stderr)
-        return 2
+        print(f"lifecycle rescore: {classify(err)}", file=sys.stderr)
+        return EXIT_CONFIG
     if s.torch_threads:
         torch.set_num_threads(s.torch_threads)
     try:
@@ -101,23 +104,25 @@ def cmd_rescore(args: argparse.Namespace) -> int:
         scorer = Scorer.from_dir(args.model, device=s.device, max_batch_rows=args.batch_rows, precision=args.precision)
         events = load_history(args.events).events
     except (ArtifactError, FileNotFoundError, ValueError) as err:
-        print(f"lifecycle rescore: {err}", file=sys.stderr)
-        return 2
+        print(f"lifecycle rescore: {classify(err)}", file=sys.stderr)
+        return EXIT_CONFIG
     print(
         f"rescore: {len(events):,} events, model {scorer.model_version} on {scorer.device}, "
-        f"taxonomy {taxonomy.name}@{taxonomy.version}, store {s.store}"
+        f"taxonomy {taxonomy.name}@{taxonomy.version}, store {store_label(s.store)}"
     )
-    store = open_migrated_store(s)
+    store = open_checked(s)
+    migrate(store, s.sql_dir)
     try:
         res = rescore(store, scorer, events, as_of_ms=as_of, taxonomy=taxonomy, page_rows=args.page_rows)
     except ValueError as err:
-        print(f"lifecycle rescore: {err}", file=sys.stderr)
-        return 2
+        print(f"lifecycle rescore: {classify(err)}", file=sys.stderr)
+        return EXIT_CONFIG
     finally:
         store.close()
     print(
-        f"rescored {res.rescored:,} of {res.users_in_store:,} users with {res.model_version} as of {res.as_of_ms} ms "
-        f"(version {res.version}) in {res.seconds:.1f} s; left as they were: {res.missing:,} without events in the "
-        f"history, {res.newer_in_store:,} newer in the store, {res.opted_out:,} opted out"
+        f"rescored {res.rescored:,} of {res.users_in_store:,} users with {res.model_version} as of "
+        f"{instant(res.as_of_ms)} (version {res.version}) in {duration(res.seconds)}; left as they were: "
+        f"{res.missing:,} without events in the history, {res.newer_in_store:,} newer in the store, "
+        f"{res.opted_out:,} opted out"
     )
     return 0

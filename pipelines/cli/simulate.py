@@ -14,9 +14,9 @@ from pipelines.settings import Settings
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``simulate`` to the ``lifecycle`` subcommands."""
     sim = sub.add_parser("simulate", help="write a simulated event stream (NDJSON) and its ground truth")
-    sim.add_argument("--users", type=int, default=50_000)
-    sim.add_argument("--days", type=int, default=30)
-    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--users", type=int, default=50_000, help="simulated users")
+    sim.add_argument("--days", type=int, default=30, help="simulated days of events")
+    sim.add_argument("--seed", type=int, default=7, help="random seed (the same seed writes the same events)")
     sim.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2026, 10, 1), help="YYYY-MM-DD")
     sim.add_argument("--horizon-days", type=int, default=30, help="days simulated for ground-truth labels")
     sim.add_argument("--out", required=True, help="events file (.jsonl or .jsonl.gz) or kafka://HOST:PORT/TOPIC")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.cli.format import count, duration
 from pipelines.flow.runner import RunResult
 from pipelines.io.store.base import Store
 
@@ -31,13 +32,32 @@ FROM (
 GROUP BY action ORDER BY users DESC"""
 
 
+def end_of_run_line(r: RunResult) -> str:
+    """Every counter of the run, as a sentence: events, rate, applied, duplicates, opted out, rejects, rows."""
+    rate = r.events_in / r.seconds if r.seconds > 0 else 0.0
+    rejected = sum(r.rejected.values())
+    reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(r.rejected.items(), key=lambda kv: -kv[1]))
+    rows = ", ".join(f"{v:,} {k}" for k, v in sorted(r.rows_written.items())) or "none"
+    granted = sum(r.actions_granted.values())
+    parts = [
+        f"Read {count(r.events_in, 'event')} in {duration(r.seconds)} ({rate:,.0f} events/s)",
+        f"{r.events_applied:,} applied",
+        f"{r.duplicates:,} duplicate{'s' if r.duplicates != 1 else ''}",
+        f"{r.opted_out:,} opted out",
+        f"{rejected:,} rejected" + (f" ({reasons})" if reasons else ""),
+    ]
+    line = ", ".join(parts) + f". Rows written: {rows}. Actions granted: {granted:,}."
+    if r.events_resumed:
+        line += (
+            f" Resumed: {count(r.events_resumed, 'event')} read by the previous run were applied in this one "
+            f"({count(r.events_in + r.events_resumed, 'event')} over both)."
+        )
+    return line
+
+
 def print_summary(console: Console, store: Store, result: RunResult, store_url: str) -> None:
     """Events, rejects by reason, stage and tier distribution, top at-risk users, how to read the data."""
-    rate = result.events_in / result.seconds if result.seconds else 0.0
-    console.print(
-        f"\n[bold]Processed[/bold] {result.events_in:,} events in {result.seconds:.1f} s ({rate:,.0f} events/s): "
-        f"{result.events_applied:,} applied, {sum(result.rejected.values()):,} rejected."
-    )
+    console.print("\n" + end_of_run_line(result), highlight=False, soft_wrap=True)
     if result.rejected:
         t = Table(title="Rejected events (dead letters in rejected_events)")
         t.add_column("reason")
@@ -66,12 +86,14 @@ def print_summary(console: Console, store: Store, result: RunResult, store_url: 
     console.print(t)
 
     top = store.query(AT_RISK_SQL).to_pylist()
-    t = Table(title="Top at-risk users, with reasons")
+    # user ids only to a person at a terminal: a summary written to a file or a journal is a log line
+    ids = console.is_terminal
+    t = Table(title="Top at-risk users, with reasons" + ("" if ids else " (ids on a terminal only)"))
     for c in ("user_id", "stage", "tier", "churn risk", "propensity", "reasons"):
         t.add_column(c)
     for r in top:
         t.add_row(
-            r["user_id"],
+            r["user_id"] if ids else "-",
             r["stage"],
             r["tier"],
             f"{r['churn_risk']:.3f}",

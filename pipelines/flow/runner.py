@@ -13,7 +13,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -43,6 +43,7 @@ from pipelines.io.store.sink import StoreSink
 from pipelines.io.store.url import open_store
 from pipelines.monitoring.drift import DriftMonitor, DriftReference
 from pipelines.monitoring.metrics import PipelineMetrics, build_labels, serve
+from pipelines.offline.history import raw_batches
 from pipelines.offline.simulate import SimConfig, simulate
 from pipelines.offline.simulate_io import iter_ndjson_batches
 from pipelines.privacy.consent import ConsentFilter
@@ -110,7 +111,10 @@ def flow_config(s: Settings, streams: Sequence[str] = ()) -> FlowConfig:
 
 
 def make_source(
-    s: Settings, clock: Clock, metrics: PipelineMetrics | None = None
+    s: Settings,
+    clock: Clock,
+    metrics: PipelineMetrics | None = None,
+    on_read: Callable[[int, bool], None] | None = None,
 ) -> tuple[Source[RawBatch], str, int | None]:
     """The source for ``s.input``, its kind label, and the number of events if known up front."""
     if s.input == "simulate":
@@ -139,9 +143,15 @@ def make_source(
     # a line longer than an event may be is read only as far as the decoder needs to reject it (oversized)
     max_line = max(s.max_event_bytes + 1, 4096)
     source = FileSource(
-        paths, batch_events=s.batch_events, clock=clock, max_line_bytes=max_line, max_batch_bytes=s.max_batch_bytes
-    )
+        paths, batch_events=s.batch_events, clock=clock, max_line_bytes=max_line, on_read=on_read,
+        table_reader=_table_batches, max_batch_bytes=s.max_batch_bytes,
+    )  # fmt: skip
     return source, "file", None
+
+
+def _table_batches(path: Path, rows: int) -> Iterator[RawBatch]:
+    """CSV and Parquet event files as NDJSON payload batches, as ``train`` and ``score`` read them."""
+    return raw_batches(path, rows_per_batch=rows)
 
 
 def kafka_outputs(s: Settings) -> dict[str, Any]:
@@ -161,7 +171,9 @@ def kafka_outputs(s: Settings) -> dict[str, Any]:
 
 
 def open_migrated_store(s: Settings) -> Store:
-    store = open_store(s.store, user=s.store_user, password=s.store_password.get_secret_value())
+    store = open_store(
+        s.store, user=s.store_user, password=s.store_password.get_secret_value(), ca_file=s.store_ca_file
+    )
     migrate(store, s.sql_dir)
     return store
 
@@ -177,6 +189,7 @@ def prepare_flow(
     serve_metrics: bool = True,
     source: Source[RawBatch] | None = None,
     rebuild_state: bool = False,
+    on_read: Callable[[int, bool], None] | None = None,
 ) -> tuple[Dataflow, int | None]:
     """Everything but running: model, metrics endpoint, source, the wired flow (and the event count if known)."""
     metrics = PipelineMetrics(registry)
@@ -195,7 +208,7 @@ def prepare_flow(
     if serve_metrics:
         serve(registry, s.metrics_host, s.metrics_port)
     if source is None:
-        source, kind, expected = make_source(s, clock, metrics)
+        source, kind, expected = make_source(s, clock, metrics, on_read)
     else:  # injected (benchmarks, embedding applications)
         kind, expected = "custom", None
     if on_source is not None:
@@ -292,6 +305,7 @@ def run_pipeline(
     serve_metrics: bool = True,
     source: Source[RawBatch] | None = None,
     rebuild_state: bool = False,
+    on_read: Callable[[int, bool], None] | None = None,
 ) -> RunResult:
     """Run the flow until the source ends (files, simulator) or the process is stopped (Kafka)."""
     registry = registry if registry is not None else CollectorRegistry()
@@ -300,7 +314,7 @@ def run_pipeline(
     try:
         flow, expected = prepare_flow(
             s, registry=registry, store=store, clock=clock, on_batch=on_batch, on_source=on_source,
-            serve_metrics=serve_metrics, source=source, rebuild_state=rebuild_state,
+            serve_metrics=serve_metrics, source=source, rebuild_state=rebuild_state, on_read=on_read,
         )  # fmt: skip
         state = s.state_dir()
         recovery = RecoveryConfig(str(state)) if state is not None else None

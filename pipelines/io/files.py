@@ -32,6 +32,39 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from pipelines.contract.events import RawBatch
 from pipelines.contract.time import Clock
+from pipelines.io.kafka.stop import STOP_REQUESTED
+
+#: Called with the number of (uncompressed) bytes a file partition has just read (``False``), or skipped
+#: on resume because an earlier run read them (``True``): a progress bar's rate counts only the first.
+OnRead = Callable[[int, bool], None]
+#: Reads a table file (CSV, Parquet) as batches of NDJSON payloads of at most the given size, the same
+#: batches every time (``pipelines.offline.history.raw_batches``; injected: io does not decode tables).
+TableReader = Callable[[Path, int], Iterator[RawBatch]]
+
+#: Names of the files read line by line as NDJSON; every other file goes through the table reader.
+NDJSON_SUFFIXES = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")
+#: Table files a :class:`FileSource` reads with a table reader.
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+
+
+def is_ndjson(path: Path) -> bool:
+    """True for the NDJSON files read line by line (by name: ``.jsonl``, ``.ndjson``, ``.json``, with ``.gz``)."""
+    return path.name.lower().endswith(NDJSON_SUFFIXES)
+
+
+def file_bytes(path: Path) -> int:
+    """Bytes a file source reads from ``path``: its size, or for gzip the uncompressed size in its trailer.
+
+    The gzip trailer holds the size modulo 2**32 (of the last member), so beyond 4 GiB this is a
+    lower bound and a progress bar's total is only approximate.
+    """
+    size = path.stat().st_size
+    if path.suffix != ".gz" or size < 18:
+        return size
+    with open(path, "rb") as fh:
+        fh.seek(-4, io.SEEK_END)
+        isize = int.from_bytes(fh.read(4), "little")
+    return isize if isize else size
 
 
 def _open(path: Path) -> io.BufferedIOBase:
@@ -61,10 +94,12 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         resume: tuple[int, int] | None,
         clock: Clock,
         max_line_bytes: int = MAX_LINE_BYTES,
+        on_read: OnRead | None = None,
         max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         self._max_line = max_line_bytes
         self._max_bytes = max_batch_bytes
+        self._on_read = on_read
         self._path = path
         self._name = str(path)
         self._batch = batch_events
@@ -73,6 +108,8 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         self._pos, self._line = resume or (0, 0)
         if self._pos:
             self._fh.seek(self._pos)
+            if on_read is not None:
+                on_read(self._pos, True)
         self._buf = self._fh
         self._done = False
 
@@ -100,6 +137,8 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
                 lines.append(stripped)
                 numbers.append(line_no)
                 size += len(stripped)
+        if self._on_read is not None:
+            self._on_read(pos - self._pos, False)
         self._pos, self._line = pos, line_no
         if not lines:
             if self._done:
@@ -112,6 +151,47 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
 
     def close(self) -> None:
         self._fh.close()
+
+
+class _TablePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
+    """A table file (CSV, Parquet) through a :data:`TableReader`; state = (rows read, rows read).
+
+    The state counts rows, not batches, so a resume with another ``batch_events`` continues at the
+    same row: whole batches up to it are skipped and the one it falls in is cut.
+    """
+
+    def __init__(
+        self, path: Path, batch_events: int, resume: tuple[int, int] | None, reader: TableReader, on_read: OnRead | None
+    ) -> None:
+        self._path = path
+        self._name = str(path)
+        self._it = reader(path, batch_events)
+        self._rows = resume[1] if resume else 0
+        self._on_read = on_read
+        skip = self._rows
+        self._pending: RawBatch | None = None
+        while skip > 0:
+            batch = next(self._it, None)
+            if batch is None:
+                break
+            n = len(batch.payloads)
+            if n > skip:
+                self._pending = dataclasses.replace(batch, offsets=batch.offsets[skip:], payloads=batch.payloads[skip:])
+            skip -= min(n, skip)
+
+    def next_batch(self) -> list[RawBatch]:
+        batch, self._pending = self._pending, None
+        if batch is None:
+            batch = next(self._it, None)
+        if batch is None:
+            if self._on_read is not None:  # a table's bytes are not read in order: count the file at its end
+                self._on_read(file_bytes(self._path), False)
+            raise StopIteration()
+        self._rows += len(batch.payloads)
+        return [dataclasses.replace(batch, source=self._name)]
+
+    def snapshot(self) -> tuple[int, int]:
+        return (self._rows, self._rows)
 
 
 #: The stream (and the Bytewax partition) of every file input.
@@ -130,8 +210,12 @@ class _FilesPartition(StatefulSourcePartition[RawBatch, FilesState]):
         resume: FilesState | None,
         clock: Clock,
         max_line_bytes: int,
+        on_read: OnRead | None = None,
+        table_reader: TableReader | None = None,
         max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
+        self._on_read = on_read
+        self._table_reader = table_reader
         self._paths = paths
         self._batch = batch_events
         self._clock = clock
@@ -139,14 +223,25 @@ class _FilesPartition(StatefulSourcePartition[RawBatch, FilesState]):
         self._max_bytes = max_batch_bytes
         self._state: FilesState = dict(resume or {})
         self._i = 0
-        self._part: _FilePartition | None = None
+        self._part: _FilePartition | _TablePartition | None = None
 
     def next_batch(self) -> list[RawBatch]:
+        if STOP_REQUESTED.is_set():
+            # a graceful stop (SIGINT/SIGTERM): end here; the snapshot holds how far each file was read
+            raise StopIteration()
         while self._i < len(self._paths):
             if self._part is None:
                 path = self._paths[self._i]
-                resume = self._state.get(str(path.resolve()))
-                self._part = _FilePartition(path, self._batch, resume, self._clock, self._max_line, self._max_bytes)
+                key = str(path.resolve())
+                if is_ndjson(path) or self._table_reader is None:
+                    self._part = _FilePartition(
+                        path, self._batch, self._state.get(key), self._clock, self._max_line, self._on_read,
+                        self._max_bytes,
+                    )  # fmt: skip
+                else:
+                    self._part = _TablePartition(
+                        path, self._batch, self._state.get(key), self._table_reader, self._on_read
+                    )
             try:
                 out = self._part.next_batch()
             except StopIteration:
@@ -168,7 +263,12 @@ class _FilesPartition(StatefulSourcePartition[RawBatch, FilesState]):
 
 
 class FileSource(FixedPartitionedSource[RawBatch, FilesState]):
-    """NDJSON file(s), optionally gzip-compressed, read in order as one stream. Ends at the last file's end."""
+    """Event file(s) read in order as one stream; ends at the last file's end.
+
+    NDJSON files (optionally gzip-compressed) are read line by line; table files (CSV, Parquet)
+    through ``table_reader``, which turns their rows into the same NDJSON payloads. Without a
+    table reader only NDJSON files are accepted.
+    """
 
     def __init__(
         self,
@@ -177,13 +277,23 @@ class FileSource(FixedPartitionedSource[RawBatch, FilesState]):
         batch_events: int = 20_000,
         clock: Clock = time.time,
         max_line_bytes: int = MAX_LINE_BYTES,
+        on_read: OnRead | None = None,
+        table_reader: TableReader | None = None,
         max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         if max_batch_bytes < 1:
             raise ValueError(f"max_batch_bytes must be >= 1, got {max_batch_bytes}")
+        dirs = [str(p) for p in paths if p.is_dir()]
+        if dirs:
+            raise IsADirectoryError(f"input is a directory, not a file: {', '.join(dirs)} (give its files)")
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"input file(s) not found: {', '.join(missing)}")
+        tables = [str(p) for p in paths if not is_ndjson(p)]
+        if tables and table_reader is None:
+            raise ValueError(f"not NDJSON files (.jsonl, .ndjson, optionally .gz): {', '.join(tables)}")
+        self._on_read = on_read
+        self._table_reader = table_reader
         self._paths = {str(p): p for p in paths}
         self._batch = batch_events
         self._clock = clock
@@ -198,8 +308,10 @@ class FileSource(FixedPartitionedSource[RawBatch, FilesState]):
         return [FILES_STREAM]
 
     def build_part(self, step_id: str, for_part: str, resume_state: FilesState | None) -> _FilesPartition:
-        paths = list(self._paths.values())
-        return _FilesPartition(paths, self._batch, resume_state, self._clock, self._max_line, self._max_bytes)
+        return _FilesPartition(
+            list(self._paths.values()), self._batch, resume_state, self._clock, self._max_line, self._on_read,
+            self._table_reader, self._max_bytes,
+        )  # fmt: skip
 
 
 class _IterPartition(StatefulSourcePartition[RawBatch, int]):
@@ -216,6 +328,8 @@ class _IterPartition(StatefulSourcePartition[RawBatch, int]):
             self._done_batches += 1
 
     def next_batch(self) -> list[RawBatch]:
+        if STOP_REQUESTED.is_set():  # a graceful stop: the snapshot holds the batches consumed so far
+            raise StopIteration()
         lines = next(self._it)  # StopIteration ends the partition
         offsets = np.arange(self._offset, self._offset + len(lines), dtype=np.int64)
         self._offset += len(lines)
@@ -258,7 +372,7 @@ def read_batches(
     max_batch_bytes: int = MAX_BATCH_BYTES,
 ) -> Iterator[RawBatch]:
     """The same batches a :class:`FileSource` would emit, outside Bytewax (offline jobs)."""
-    part = _FilePartition(path, batch_events, None, clock, max_line_bytes, max_batch_bytes)
+    part = _FilePartition(path, batch_events, None, clock, max_line_bytes, max_batch_bytes=max_batch_bytes)
     try:
         while True:
             try:

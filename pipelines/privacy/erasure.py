@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Callable, Iterable
 
@@ -56,6 +57,10 @@ SHARDED: frozenset[str] = frozenset(
 )
 
 
+
+
+#: a ClickHouse cluster name as remote_servers defines it: it is written into ON CLUSTER '...', never a parameter
+_CLUSTER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 
 
 class MissingSaltError(ValueError):
@@ -104,6 +109,8 @@ def forget_user(
     encoded = {json.dumps(uid, ensure_ascii=False), json.dumps(uid)}
     needles = sorted(f'"user_id"{sep}{enc}' for enc in encoded for sep in (":", ": "))
     params = {"uid": uid, "needles": needles}
+    if on_cluster is not None and not _CLUSTER_NAME.fullmatch(on_cluster):
+        raise ValueError(f"cluster name {on_cluster!r}: letters, digits, _ . - only (it is part of the SQL)")
     cluster = f" ON CLUSTER '{on_cluster}'" if on_cluster else ""
     counts: dict[str, int] = {}
     for table, where in ERASABLE.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
 
 from pipelines.monitoring.metrics import PipelineMetrics
 from tests.infra.dashboards import ROOT
@@ -54,3 +55,29 @@ def test_no_label_can_carry_a_user_id() -> None:
     PipelineMetrics(registry)
     for fam in registry.collect():
         assert not _labels_of(registry, fam.name) & {"user_id", "user", "event_id", "user_key"}, fam.name
+
+
+def _readme_table() -> dict[str, tuple[str, set[str]]]:
+    """metric -> (type, label names) from README's metrics table (the short catalogue operators see first)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = {}
+    for m in re.finditer(r"^\| `(lifecycle_[a-z_]+)` \| ([a-z]+) \|([^|]*)\|", text, flags=re.MULTILINE):
+        rows[m[1]] = (m[2], set(re.findall(r"`([a-z_]+)`", m[3])))
+    return rows
+
+
+def test_readme_metrics_table_is_in_step_with_the_registered_metrics() -> None:
+    registry = CollectorRegistry()
+    PipelineMetrics(registry)
+    table = _readme_table()
+    exposed: dict[str, Metric] = {}
+    for fam in registry.collect():
+        if fam.name.startswith("lifecycle_"):  # the process_* collector's metrics are Prometheus's own
+            exposed[fam.name + _EXPOSED_SUFFIX.get(fam.type, "")] = fam
+    assert set(exposed) - set(table) == set(), "missing from README's metrics table"
+    assert set(table) - set(exposed) == set(), "in README's metrics table but not exported"
+    for name, (kind, labels) in table.items():
+        fam = exposed[name]
+        assert kind == fam.type, f"{name}: README says {kind}, is {fam.type}"
+        if fam.type != "info":
+            assert labels == _labels_of(registry, fam.name), f"{name}: README lists labels {labels}"

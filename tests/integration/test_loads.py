@@ -81,12 +81,12 @@ def test_a_run_without_state_against_a_store_with_scores_refuses_and_rebuild_sta
         f.unlink()  # the state is gone (a lost volume)
     with pytest.raises(StateError, match="no pipeline state at .*--rebuild-state"):
         _run(str(part2), store)
-    # the CLI says it in one line, and exits 2
+    # the CLI says it in one line, and exits 3 (a configuration error)
     cmd = [sys.executable, "-m", "pipelines.cli.main", "run", "--input", str(part2), "--store", f"chdb://{store}",
            "--metrics-port", "0", "--shards", "2"]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2
-    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("lifecycle:")]
+    assert out.returncode == 3
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("lifecycle run:")]
     assert len(errors) == 1 and "--rebuild-state" in errors[0] and "Traceback" not in out.stderr
     # rebuilding on purpose replays the given input from scratch: the whole history gives the full result
     s = Settings(input=f"{part1},{part2}", store=f"chdb://{store}", metrics_port=0, shards=2, batch_events=700)

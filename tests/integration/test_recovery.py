@@ -93,7 +93,7 @@ def test_forget_erases_the_user_from_the_store_and_the_recovery_state(events: Pa
     # before the store is touched
     env = {**os.environ, "LIFECYCLE_ERASURE_SALT": "test-erasure-key"}  # the HMAC key erasure needs
     wrong = subprocess.run([*forget, "--taxonomy", "aida-5"], capture_output=True, text=True, timeout=120, env=env)
-    assert wrong.returncode == 2 and "another taxonomy" in wrong.stderr, wrong.stderr
+    assert wrong.returncode == 3 and "another taxonomy" in wrong.stderr, wrong.stderr
     assert any(r["user_id"] == victim for r in _read(store)[0])
     out = subprocess.run(forget, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr

@@ -170,9 +170,9 @@ def test_rescore_command_rescores_the_store_and_exits_0(
         args = parser.parse_args([*argv, "--device", "cpu"])
         assert args.func(args) == 0
         bad = parser.parse_args([*argv[:3], "--model", str(pipeline_store[1]), *argv[5:]])
-        assert bad.func(bad) == 2  # not a model artifact
+        assert bad.func(bad) == 3  # not a model artifact: a configuration error
         wrong = parser.parse_args([*argv, "--taxonomy", "lifecycle-9"])
-        assert wrong.func(wrong) == 2  # not a taxonomy: refused before anything is read or written
+        assert wrong.func(wrong) == 3  # not a taxonomy: refused before anything is read or written
         relabel = parser.parse_args([*argv, "--device", "cpu", "--taxonomy", "aida-5"])
         assert relabel.func(relabel) == 0
     finally:

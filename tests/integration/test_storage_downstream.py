@@ -298,6 +298,13 @@ def test_forgetting_a_user_whose_id_is_another_fields_value_deletes_nobody_elses
     assert store.query("SELECT count() AS n FROM rejected_events")["n"].to_pylist()[0] == before - 1
 
 
+def test_a_cluster_name_that_is_not_a_name_is_refused_before_anything_is_deleted(store: ChdbStore) -> None:
+    before = _rows_of(store, "vip_dormant")
+    with pytest.raises(ValueError, match="cluster name"):
+        forget_user(store, "vip_dormant", reason="x", salt=SALT, on_cluster="c' SETTINGS mutations_sync=0 --")
+    assert _rows_of(store, "vip_dormant") == before
+
+
 def test_forget_of_an_unknown_user_changes_nothing_but_is_logged(store: ChdbStore) -> None:
     total = store.query("SELECT count() AS n FROM stage_transitions").to_pylist()
     assert set(forget_user(store, "nobody", reason="request", salt=SALT).values()) == {0}
@@ -334,14 +341,14 @@ def test_admin_commands_migrate_record_consent_and_forget(
     assert call("consent", "--user", "busy", "--user", "new_user", "--opt-out", "--store", url) == 0
     # the pipeline's state (beside the store) is erased too, under the taxonomy the pipeline ran with
     taxonomy = str(taxonomy_variant(store_dir.parent / "taxonomy", at_risk_threshold=0.0))
-    assert call("forget", "--user", "regular_active", "--reason", "ticket 7", "--store", url) == 2  # another one
+    assert call("forget", "--user", "regular_active", "--reason", "ticket 7", "--store", url) == 3  # another one
     assert call(
         "forget", "--user", "regular_active", "--reason", "ticket 7", "--store", url, "--taxonomy", taxonomy
     ) == 0
     out = capsys.readouterr().out
     assert "regular_active" not in out  # only the hash is printed
     assert json.loads(out.splitlines()[-1])["user_hash"] == user_hash("regular_active", SALT)
-    assert call("forget", "--user", "", "--store", url) == 2
+    assert call("forget", "--user", "", "--store", url) == 3
     with pytest.raises(SystemExit):
         parser.parse_args(["consent", "--user", "x", "--opt-out", "--opt-in"])
 

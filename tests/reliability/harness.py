@@ -141,6 +141,7 @@ class Pipeline:
         return True
 
     def sigterm(self) -> None:
+        self._sigterm_sent = True
         os.kill(self.proc.pid, signal.SIGTERM)
 
     def wait(self, timeout_s: float = 300) -> int:
@@ -152,9 +153,10 @@ class Pipeline:
         return rc
 
     def finish(self, timeout_s: float = 300) -> Counters | None:
-        """Wait for a clean end (exit 0, else AssertionError with the log) and return its counters."""
+        """Wait for a clean end (exit 0, or 143 after a drained SIGTERM; else AssertionError) and its counters."""
         rc = self.wait(timeout_s)
-        assert rc == 0, f"lifecycle run exited {rc}:\n{self.log()}"
+        clean = (0, 143) if getattr(self, "_sigterm_sent", False) else (0,)
+        assert rc in clean, f"lifecycle run exited {rc}:\n{self.log()}"
         if self.summary_path is None:
             return None
         return Counters.from_summary(self.summary_path)

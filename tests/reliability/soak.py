@@ -8,7 +8,7 @@ result is comparable with a reference run). Between chunks it injects, at random
 and at progress points (after a random number of committed epochs):
 
 * ``kill9``: SIGKILL the pipeline, restart it from the recovery store;
-* ``sigterm``: SIGTERM (graceful drain), check it exited 0, restart it;
+* ``sigterm``: SIGTERM (graceful drain), check it exited 143 (drained), restart it;
 * ``broker_restart``: SIGKILL the broker, wait while the pipeline runs epochs
   without it, restart the broker on the same address.
 
@@ -110,7 +110,7 @@ def soak(seconds: float, *, seed: int, users: int, days: int, workdir: Path) -> 
                 pipe = start()
             elif fault == "sigterm":
                 pipe.sigterm()
-                if pipe.wait(180) != 0:
+                if pipe.wait(180) != 143:  # 143: drained on SIGTERM (docs/operations.md, exit codes)
                     problems.append(f"run {runs}: SIGTERM did not drain cleanly (exit {pipe.proc.returncode})")
                 pipe = start()
             else:
@@ -130,7 +130,7 @@ def soak(seconds: float, *, seed: int, users: int, days: int, workdir: Path) -> 
         pipe.until(caught_up, timeout_s=600, what="catching up at the end")
         time.sleep(1.0)  # let the last batch's epoch commit
         pipe.sigterm()
-        if pipe.wait(180) != 0:
+        if pipe.wait(180) != 143:
             problems.append(f"final SIGTERM did not drain cleanly (exit {pipe.proc.returncode})")
         # a resume now must read nothing: the committed offsets are exactly the end of the topic
         check = Pipeline(args, workdir=workdir / "runs", env={"LIFECYCLE_KAFKA_EOF_EXIT": "true"})

@@ -41,7 +41,7 @@ def _stop_after_epochs(pipe: Pipeline, recovery: Path, epochs: int) -> Counters:
     reached = pipe.until(lambda: committed_epoch(recovery) >= start + epochs, what=f"{epochs} committed epochs")
     assert reached, f"the run ended by itself (it must run until stopped):\n{pipe.log()}"
     pipe.sigterm()
-    counters = pipe.finish(timeout_s=120)  # exit 0: a drain, not a death
+    counters = pipe.finish(timeout_s=120)  # exit 143 after the drain (docs/operations.md), not a death
     assert counters is not None
     assert pipe.log(20_000).count(SIGTERM_LOG) == 1, pipe.log()
     return counters
@@ -151,7 +151,7 @@ def test_sigterm_while_users_await_their_score_cadence_resumes_to_reference_scor
 def test_sigterm_to_a_local_cluster_drains_every_member_and_the_restart_loses_nothing(
     kafka_broker: TansuBroker, tmp_path: Path
 ) -> None:
-    """``lifecycle run --processes 2``: the parent forwards SIGTERM, both members drain and exit 0."""
+    """``lifecycle run --processes 2``: the parent forwards SIGTERM, both members drain and exit 143."""
     from pipelines.io.store.http import HttpStore
     from tests.reliability.harness import make_stream
     from tests.support.chdb_http import ChdbHttpServer
@@ -166,7 +166,7 @@ def test_sigterm_to_a_local_cluster_drains_every_member_and_the_restart_loses_no
             reached = pipe.until(lambda: committed_epoch(recovery) >= 3, what="3 committed epochs")
             assert reached, pipe.log()
             pipe.sigterm()
-            assert pipe.wait(120) == 0, pipe.log()  # every member drained: a clean exit, not a kill
+            assert pipe.wait(120) == 143, pipe.log()  # every member drained: 143 after a drain, not a kill
             out = pipe.log(50_000)
         assert "forwarding it to 2 cluster process(es)" in out
         assert out.count(SIGTERM_LOG) == 2, out  # one drain per member

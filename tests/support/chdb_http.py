@@ -575,8 +575,11 @@ class ChdbHttpServer:
         display_name: str = "chdb-http",
         users: Mapping[str, str] | None = None,
         config_file: str | Path | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.path = Path(path)
+        #: (certificate chain, key): serve https, as a server behind TLS does
+        self.tls = tls
         self.users = dict(users) if users is not None else {"default": ""}
         self.config_file = Path(config_file) if config_file is not None else None
         self.log: list[Request] = []
@@ -599,8 +602,8 @@ class ChdbHttpServer:
 
     @property
     def url(self) -> str:
-        """``http://HOST:PORT/DATABASE``, the form :class:`pipelines.io.store.http.HttpStore` takes."""
-        return f"http://{self.host}:{self.port}/{self.database}"
+        """``http(s)://HOST:PORT/DATABASE``, the form :class:`pipelines.io.store.http.HttpStore` takes."""
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/{self.database}"
 
     @property
     def running(self) -> bool:
@@ -621,6 +624,12 @@ class ChdbHttpServer:
                 self._engine = None
                 raise
             self.port = httpd.server_address[1]
+            if self.tls is not None:
+                import ssl
+
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                ctx.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
+                httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
             self._httpd = httpd
             self._thread = threading.Thread(
                 target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"chdb-http:{self.port}", daemon=True

@@ -30,6 +30,9 @@ WALL = 1_800_000_000.0  # a fixed wall clock: scored_at is then a function of no
 
 @lru_cache(maxsize=1)
 def scorer() -> Scorer:
+    import torch
+
+    torch.set_num_threads(1)  # as the pipeline runs (LIFECYCLE_TORCH_THREADS=1)
     return Scorer.from_dir(DEFAULT_MODEL_DIR, device="cpu")
 
 

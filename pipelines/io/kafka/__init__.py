@@ -7,10 +7,10 @@
   user id), each acknowledged by the broker before an epoch commits.
 * :mod:`producer`, :mod:`admin`: bulk producing keyed by user id, topic creation and counting.
 * :mod:`url` (``kafka://`` URLs and start positions), :mod:`stop` (the graceful-stop request),
-  :mod:`errors`.
+  :mod:`errors`, :mod:`clientlog` (librdkafka's log as Python log records).
 
 Client configs are passed to librdkafka as they are; their values may be secrets and are never
 logged or put into an error message (only option names).
 """
 
-__all__ = ["admin", "errors", "producer", "sinks", "source", "stop", "url"]
+__all__ = ["admin", "clientlog", "errors", "producer", "sinks", "source", "stop", "url"]

@@ -17,6 +17,7 @@ from confluent_kafka import (
 )
 
 from pipelines.contract.ids import user_key_bytes
+from pipelines.io.kafka.clientlog import KAFKA_CLIENT_LOG
 from pipelines.io.kafka.errors import KafkaSourceError
 
 
@@ -55,7 +56,7 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 
 def producer_config(bootstrap: str, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Options of a librdkafka producer: :data:`PRODUCER_DEFAULTS`, the brokers, then ``config`` (wins)."""
-    return {**PRODUCER_DEFAULTS, "bootstrap.servers": bootstrap, **(config or {})}
+    return {**PRODUCER_DEFAULTS, "bootstrap.servers": bootstrap, "logger": KAFKA_CLIENT_LOG, **(config or {})}
 
 
 def option_names(config: Mapping[str, Any]) -> str:

@@ -101,6 +101,7 @@ from confluent_kafka.admin import AdminClient
 
 from pipelines.contract.events import RawBatch
 from pipelines.contract.time import Clock
+from pipelines.io.kafka.clientlog import KAFKA_CLIENT_LOG
 from pipelines.io.kafka.errors import KafkaSourceError
 from pipelines.io.kafka.stop import STOP_REQUESTED
 from pipelines.io.kafka.url import StartPosition, _labels, parse_kafka_start, parse_kafka_url
@@ -523,7 +524,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         return cls(bootstrap, topic, **options)
 
     def _client_config(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap, **self._config}
+        return {"bootstrap.servers": self.bootstrap, "logger": KAFKA_CLIENT_LOG, **self._config}
 
     def partitions(self) -> list[int]:
         """Partition numbers of the topic, from broker metadata. Never creates the topic."""

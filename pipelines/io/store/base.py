@@ -106,6 +106,10 @@ class Store(ABC):
     def query(self, sql: str, *, params: Params | None = None) -> pa.Table:
         """Run a query and return the result as an Arrow table."""
 
+    def query_raw(self, sql: str, *, params: Params | None = None, fmt: str | None = "TabSeparated") -> bytes:
+        """Run a query and return the engine's own output in ``fmt``; ``None``: ``sql`` has its own FORMAT clause."""
+        raise StoreError(f"{type(self).__name__} cannot return raw query output")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the connection."""
 

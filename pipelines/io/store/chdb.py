@@ -64,5 +64,11 @@ class ChdbStore(Store):
         except Exception as err:
             raise StoreError(f"chDB: {err}") from err
 
+    def query_raw(self, sql: str, *, params: Params | None = None, fmt: str | None = "TabSeparated") -> bytes:
+        try:  # a FORMAT clause in the SQL wins over the format argument
+            return bytes(self._conn.query(sql, fmt or "TabSeparated", params=_text_params(params)).bytes())
+        except Exception as err:
+            raise StoreError(f"chDB: {err}") from err
+
     def close(self) -> None:
         self._conn.close()

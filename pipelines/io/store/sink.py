@@ -75,6 +75,7 @@ class _StorePartition(StatefulSinkPartition[Records, None]):
         self._buf: dict[str, list[Records]] = defaultdict(list)
         self._rows = 0
         self._oldest = 0.0
+        self._failed = False  # an insert failed for good: the worker is stopping (see close)
 
     @property
     def buffered_rows(self) -> int:
@@ -97,7 +98,11 @@ class _StorePartition(StatefulSinkPartition[Records, None]):
         return None
 
     def close(self) -> None:
-        self._flush()
+        # After a failed insert the worker is already stopping with that error: flushing again would only
+        # raise a second one inside Bytewax's cleanup, where a panic aborts the process (SIGABRT) before the
+        # first error is reported. The rows are not lost: their epoch never committed, a restart replays them.
+        if not self._failed:
+            self._flush()
 
     def _flush(self) -> None:
         for table in list(self._buf):
@@ -108,6 +113,7 @@ class _StorePartition(StatefulSinkPartition[Records, None]):
                 seconds = self._guard.call(f"insert into {table} ({data.num_rows} rows)", table, insert)
             except Exception:
                 self._m.sink_errors.labels(table=table).inc()
+                self._failed = True
                 raise
             self._m.sink_seconds.labels(table=table).observe(seconds)
             self._m.rows_written.labels(table=table).inc(data.num_rows)

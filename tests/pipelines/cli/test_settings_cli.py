@@ -35,6 +35,6 @@ def test_env_vars_configure_settings_and_flags_override_them(monkeypatch: pytest
     assert "hunter2" not in repr(Settings())
 
 
-def test_invalid_setting_exits_2_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", "--shards", "0", "--metrics-port", "0"]) == 2
+def test_invalid_setting_exits_3_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--shards", "0", "--metrics-port", "0"]) == 3
     assert "shards" in capsys.readouterr().err

@@ -109,9 +109,9 @@ def test_evaluate_writes_the_report_with_baselines_on_the_same_users(history: di
 
 def test_evaluate_refuses_what_would_not_be_a_holdout(history: dict, tmp_path: Path, capsys) -> None:
     args = ["evaluate", "--events", str(history["full"]), "--model", str(history["model"]), "--out", str(tmp_path)]
-    assert main([*args, "--as-of", "2026-08-18"]) == 2  # the model saw labels of this period
+    assert main([*args, "--as-of", "2026-08-18"]) == 3  # the model saw labels of this period
     assert "overlap" in capsys.readouterr().err
-    assert main([*args, "--as-of", "2026-09-01"]) == 2  # the file ends before the horizon does
+    assert main([*args, "--as-of", "2026-09-01"]) == 3  # the file ends before the horizon does
     assert "whole horizon" in capsys.readouterr().err
 
 
@@ -125,7 +125,7 @@ def test_a_model_of_another_feature_schema_is_refused_with_a_clear_message(
     meta["feature_names"] = meta["feature_names"][:-1] + ["legacy_feature"]
     (model / "artifact.json").write_text(json.dumps(meta))
     args = ["score", "--events", str(history["past"]), "--as-of", AS_OF, "--model", str(model)]
-    assert main([*args, "--out", str(tmp_path / "s.csv")]) == 2
+    assert main([*args, "--out", str(tmp_path / "s.csv")]) == 3
     err = capsys.readouterr().err
     assert "0123456789abcdef" in err and "legacy_feature" in err and "Retrain" in err
 

@@ -283,7 +283,7 @@ def test_run_refuses_to_start_with_an_invalid_taxonomy_and_says_where(tmp_path: 
          "--metrics-port", "0", "--sim-users", "10"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 3, proc.stderr  # a configuration error (docs/operations.md, exit codes)
     line = _line_of(text, "new_dayz")
     assert f"{path}:{line}: stages[0].when: unknown name 'new_dayz' (did you mean 'new_days'?)" in proc.stderr
     assert not (tmp_path / "s").exists()  # nothing was started or created

@@ -147,12 +147,14 @@ def test_bundled_migrations_build_the_documented_schema_idempotently(store: Chdb
         "action_exports",
         "consent",
         "erasure_log",
+        "marketing_refused",
         "model_versions",
         "rejected_events",
         "schema_migrations",
         "score_history",
         "score_history_mv",
         "stage_transitions",
+        "suppressed",
         "user_scores",
     ]
     for table, cols in ORIGINAL_COLUMNS.items():
