@@ -62,6 +62,27 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus port (0 disables)")
     shards: int = Field(4, ge=1, le=4096, description="state shards (Bytewax keys)")
     batch_events: int = Field(20_000, ge=1, description="events per source batch")
+    max_batch_bytes: int = Field(
+        32 << 20,
+        ge=1024,
+        description="a source batch (file or Kafka) ends once its payloads hold this many bytes; also bounds the "
+        "Kafka client's fetches and queue (fetch.max.bytes, max.partition.fetch.bytes, queued.max.messages.kbytes)",
+    )
+    max_dead_letter_bytes: int = Field(
+        4096, ge=0, description="a dead letter keeps at most this many bytes of its payload (0 = all of it)"
+    )
+    max_new_users_per_second: int = Field(
+        10_000,
+        ge=0,
+        description="users new to a shard admitted per second of event time; the events of the others are dead "
+        "letters new_user_rate (an id flood cannot grow state faster; 0 = no limit)",
+    )
+    churned_retention_seconds: float = Field(
+        180 * 86_400.0,
+        ge=0,
+        description="churned users whose newest event is this old (event time) are evicted from state and their "
+        "rows reused; a later event starts them anew (0 = keep forever)",
+    )
     score_batch_rows: int = Field(8192, ge=1, description="max rows per model micro-batch")
     max_event_bytes: int = Field(65_536, ge=64, description="events larger than this are rejected (oversized)")
     max_future_seconds: int = Field(86_400, ge=0, description="events further ahead of the wall clock are rejected")

@@ -453,6 +453,17 @@ def pipeline_health() -> Board:
     )
     b.add(
         "timeseries",
+        "State memory and evictions",
+        [
+            prom(f"sum by (shard) (lifecycle_state_bytes{{{SEL}}}) / 2^20", "state MiB {{shard}}", ref="A"),
+            prom(f"sum(rate(lifecycle_users_evicted_total{{{SEL}}}[{RI}]))", "evicted users /s", ref="B"),
+        ],
+        description="Bytes of each shard's per-user arrays, and churned users evicted after "
+        "LIFECYCLE_CHURNED_RETENTION_SECONDS (their rows are reused). An id flood is refused as new_user_rate "
+        "dead letters (Events /s, rejected).",
+    )
+    b.add(
+        "timeseries",
         "Process CPU and memory",
         [
             prom(

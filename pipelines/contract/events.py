@@ -100,6 +100,7 @@ class RejectReason(enum.StrEnum):
     UNKNOWN_CHANNEL = "unknown_channel"
     LATE = "late"
     USER_ID_COLLISION = "user_id_collision"
+    NEW_USER_RATE = "new_user_rate"
 
 
 # --------------------------------------------------------------------------- containers
@@ -147,6 +148,27 @@ class Rejection:
         if self.partition < 0:
             return f"{self.source}:{self.offset}"
         return f"{self.source}[{self.partition}]@{self.offset}"
+
+
+def bound_dead_letters(rejects: list[Rejection], max_bytes: int) -> list[Rejection]:
+    """Dead letters whose payload holds at most ``max_bytes`` (the first bytes; 0 = whole payloads).
+
+    A dead letter is kept for its reason and position; a 64 KiB payload kept for 90 days per
+    rejected event is what a flood of oversized lines would otherwise cost the store (and the
+    dead-letter topic). A cut payload's ``detail`` says so, with its original length.
+    """
+    if max_bytes <= 0 or all(len(r.payload) <= max_bytes for r in rejects):
+        return rejects
+    return [
+        r
+        if len(r.payload) <= max_bytes
+        else dataclasses.replace(
+            r,
+            payload=bytes(r.payload[:max_bytes]),
+            detail=f"{r.detail} (payload cut to its first {max_bytes} of {len(r.payload)} bytes)".lstrip(),
+        )
+        for r in rejects
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,8 @@ No I/O, no Bytewax, no torch: functions over numpy arrays and frozen dataclasses
 directly. Imports only :mod:`pipelines.contract`.
 
 * :mod:`state` (columnar per-user state), :mod:`dedup`, :mod:`timers`, :mod:`features` (the one
-  feature implementation for streaming, training and batch scoring).
+  feature implementation for streaming, training and batch scoring), :mod:`retention` (the memory
+  bounds of state: the new-user rate guard and the eviction of long-churned users).
 * :mod:`rules` (the safe rule language), :mod:`taxonomy` (stages, tiers, at-risk as configuration),
   :mod:`defaults` (the shipped default taxonomy and playbook), :mod:`playbook` and :mod:`ledger`
   (next-best actions with cooldowns and caps, kept in shard state).
@@ -26,6 +27,7 @@ __all__ = [
     "labels",
     "ledger",
     "playbook",
+    "retention",
     "rows",
     "rules",
     "scores",

@@ -54,6 +54,7 @@ from pipelines.core.evaluated import FeatureRows
 from pipelines.core.features import compute_features
 from pipelines.core.ledger import ActionLedger
 from pipelines.core.playbook import Playbook
+from pipelines.core.retention import MemoryBounds, Retention
 from pipelines.core.state import ShardState
 from pipelines.core.taxonomy import Taxonomy
 from pipelines.core.timers import Timers
@@ -95,6 +96,7 @@ class ShardResult:
     timer_rows: int = 0
     refresh_rows: int = 0
     duplicates: int = 0
+    evicted: int = 0
     ticks: int = 0
 
 
@@ -118,6 +120,8 @@ class ShardConfig:
     dedup_window_ms: int = 6 * 3_600_000
     #: keys per dedup generation (two are kept): bounds dedup memory per shard
     dedup_max_keys: int = 4_000_000
+    #: the new-user rate guard and the eviction of long-churned users (:mod:`pipelines.core.retention`)
+    memory: MemoryBounds = field(default_factory=MemoryBounds)
 
     def __post_init__(self) -> None:
         if self.score_interval_ms <= 0:
@@ -168,6 +172,7 @@ class ShardProcessor:
         #: closed tick, and that tick
         self.touched = np.zeros(0, np.int64)
         self.touched_tick: int = NEVER
+        self.retention = Retention(cfg.memory, cfg.allowed_lateness_ms + cfg.score_interval_ms)
 
     # ------------------------------------------------------------------ steps
 
@@ -304,6 +309,7 @@ class ShardProcessor:
         return min(due) if due else None
 
     def _close_through(self, watermark: int) -> ShardResult:
+        self.retention.release(self.state, self.ledger)  # a new activation: no decision is pending
         res = ShardResult()
         while True:
             t = self._next_due()
@@ -318,6 +324,8 @@ class ShardProcessor:
     def _close(self, t: int, res: ShardResult) -> None:
         """Close tick ``t``: apply its events, evaluate touched, timer-due and refresh-due users as of ``t``."""
         st = self.state
+        self.retention.on_tick(t, st, self.touched, self.cfg.taxonomy.stages)  # before t's events
+        res.evicted += self.retention.take_evicted()
         ev = self._take_held(t)
         touched = self._apply_into(ev, res, t)
         if self.touched.shape[0] and t >= self.touched_tick:
@@ -378,14 +386,15 @@ class ShardProcessor:
     def _apply(self, ev: EventColumns) -> ShardProcessor._Applied:
         if not len(ev):
             return ShardProcessor._Applied(np.zeros(0, np.int64), [], 0, 0)
+        # new users beyond the rate guard: dead letters, before dedup, so that a flood is not remembered either
+        ev, rejects, known = self.retention.admit(ev, self.state)
         fresh = self.dedup.first_seen(ev.event_key, ev.ts_ms)
         duplicates = int((~fresh).sum())
         if duplicates:
-            ev = ev.take(fresh)
-        applied = self.state.apply(ev)
-        rejects: list[Rejection] = []
+            ev, known = ev.take(fresh), None if known is None else known[fresh]
+        applied = self.state.apply(ev, known)
         if applied.collisions.any():
-            rejects = ev.rejections(applied.collisions, RejectReason.USER_ID_COLLISION, "64-bit user key collision")
+            rejects += ev.rejections(applied.collisions, RejectReason.USER_ID_COLLISION, "64-bit user key collision")
         n = len(ev) - int(applied.collisions.sum())
         return ShardProcessor._Applied(applied.rows, rejects, n, duplicates)
 
@@ -490,6 +499,7 @@ class ShardProcessor:
     # ------------------------------------------------------------------ recovery
 
     def snapshot(self) -> dict[str, Any]:
+        self.retention.release(self.state, self.ledger)  # between activations: nothing pending
         held = [(t, p.compact()) for t in sorted(self._held) for p in self._held[t]]
         return {
             "state": self.state.snapshot_arrays(),
@@ -507,6 +517,7 @@ class ShardProcessor:
             "dedup": self.dedup.snapshot(),
             "taxonomy": self.cfg.taxonomy.fingerprint,
             "ledger": self.ledger.snapshot(self.state.n),
+            "retention": self.retention.snapshot(),
         }
 
     @classmethod
@@ -534,6 +545,7 @@ class ShardProcessor:
             proc._hold_at(int(t), part)
         proc.touched = np.asarray(snap["touched"], np.int64)
         proc.touched_tick = int(snap["touched_tick"])
+        proc.retention = Retention.restore(cfg.memory, proc.retention.horizon_ms, snap.get("retention"))
         # snapshots from before taxonomies were configurable hold codes of the default one
         if snap.get("taxonomy", default_taxonomy().fingerprint) != cfg.taxonomy.fingerprint:
             proc.relabel()

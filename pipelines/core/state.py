@@ -126,8 +126,11 @@ class Applied:
 class ShardState:
     """Columnar state of the users of one shard.
 
-    Rows are dense and never reused (erasure is a later concern); arrays grow
-    geometrically. ``clock_ms`` is the shard's event clock: the newest event
+    Rows are dense; arrays grow geometrically. Rows of erased or evicted users
+    (:meth:`evict_rows`) are reused, lowest first, by the next new users, so a
+    state whose users come and go stays the size of its peak instead of growing
+    with every id ever seen. ``n`` is the high-water mark of rows, :attr:`users`
+    the users held. ``clock_ms`` is the shard's event clock: the newest event
     time applied so far; it drives features ("now"), lateness and silence timers.
     """
 
@@ -135,7 +138,18 @@ class ShardState:
         self.n = 0
         self.clock_ms = NEVER
         self._index = pd_hashtable.Int64HashTable(capacity)
+        #: rows free for reuse (sorted): they hold nobody (``user_id == ""``)
+        self._free = np.zeros(0, np.int64)
+        #: rows of evicted users not yet cleared (:meth:`retire`): nobody's, but not yet free
+        self._retired = np.zeros(0, np.int64)
+        #: keys unmapped from the index since it was built (the hash table cannot delete: rebuilt past a bound)
+        self._dead_keys = 0
         self._alloc(capacity)
+
+    @property
+    def users(self) -> int:
+        """Users held (rows in use)."""
+        return self.n - int(self._free.shape[0]) - int(self._retired.shape[0])
 
     # ----------------------------------------------------------------- storage
 
@@ -171,22 +185,26 @@ class ShardState:
     # ----------------------------------------------------------------- index
 
     def rows_for(
-        self, keys: npt.NDArray[np.int64], ids: npt.NDArray[np.object_]
+        self, keys: npt.NDArray[np.int64], ids: npt.NDArray[np.object_], known: npt.NDArray[np.int64] | None = None
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
         """Dense rows of ``keys``, adding unseen users. Second value flags events whose
-        64-bit key collides with a different user id (they get row -1).
+        64-bit key collides with a different user id (they get row -1). ``known``: the
+        :meth:`lookup` of ``keys`` when the caller already made it (one hash probe per event, not two).
         """
-        rows = self._index.lookup(keys)
+        rows = self._index.lookup(keys) if known is None else known
         new = rows < 0
         if new.any():
             new_keys, first = np.unique(keys[new], return_index=True)
+            k = new_keys.shape[0]
+            reused, self._free = self._free[:k], self._free[k:]
             start = self.n
-            self._grow(start + new_keys.shape[0])
-            new_rows = np.arange(start, start + new_keys.shape[0], dtype=np.int64)
+            fresh = k - reused.shape[0]
+            self._grow(start + fresh)
+            new_rows = np.concatenate([reused, np.arange(start, start + fresh, dtype=np.int64)])
             self._index.map_keys_to_values(new_keys, new_rows)
             self.user_key[new_rows] = new_keys
             self.user_id[new_rows] = ids[new][first]
-            self.n = start + new_keys.shape[0]
+            self.n = start + fresh
             rows = self._index.lookup(keys)
         collide = self.user_id[rows] != ids
         if collide.any():
@@ -199,11 +217,11 @@ class ShardState:
 
     # ----------------------------------------------------------------- updates
 
-    def apply(self, ev: EventColumns) -> Applied:
-        """Apply a batch of (already validated, in-lateness) events. Vectorised."""
+    def apply(self, ev: EventColumns, known: npt.NDArray[np.int64] | None = None) -> Applied:
+        """Apply a batch of (already validated, in-lateness) events. Vectorised. ``known``: as in :meth:`rows_for`."""
         if len(ev) == 0:
             return Applied(np.zeros(0, np.int64), np.zeros(0, bool))
-        rows, collide = self.rows_for(ev.user_key, ev.user_id)
+        rows, collide = self.rows_for(ev.user_key, ev.user_id, known)
         if collide.any():
             ev = ev.take(~collide)
             rows = rows[~collide]
@@ -336,9 +354,20 @@ class ShardState:
         n = int(snap["n"])
         st = cls(capacity=max(1024, n))
         st._restore_arrays(snap)
-        if n:
-            st._index.map_keys_to_values(st.user_key[:n], np.arange(n, dtype=np.int64))
+        st._rebuild_index()
         return st
+
+    def _rebuild_index(self) -> None:
+        """Index of the rows in use; the others are the free list (so nothing but ``n`` rows is snapshotted)."""
+        n = self.n
+        live = self.user_id[:n] != ""
+        rows = np.flatnonzero(live).astype(np.int64)
+        self._index = pd_hashtable.Int64HashTable(max(1024, rows.shape[0]))
+        if rows.shape[0]:
+            self._index.map_keys_to_values(self.user_key[rows], rows)
+        self._free = np.flatnonzero(~live).astype(np.int64)
+        self._free = self._free[~np.isin(self._free, self._retired)]  # retired rows are freed when released
+        self._dead_keys = 0
 
     def erase(self, keys: npt.NDArray[np.int64]) -> int:
         """Forget users entirely (PIPL erasure): clear their rows and unmap their keys.
@@ -347,10 +376,46 @@ class ShardState:
         same id starts a new user from scratch. Returns the number of users erased.
         """
         rows = self.lookup(keys)
-        rows = rows[rows >= 0]
+        return self.evict_rows(rows[rows >= 0])
+
+    def retire(self, rows: npt.NDArray[np.int64]) -> int:
+        """Evict ``rows`` now, free them later (:meth:`release_retired`); returns how many were retired.
+
+        Their users are gone at once (unmapped, ``user_id == ""``: no event reaches them, no timer
+        evaluates them), but the rows keep their key and data until released: decisions still
+        pending for them (the playbook runs after the activation's ticks) read the right user.
+        """
+        rows = np.unique(rows)
+        rows = rows[self.user_id[rows] != ""]
+        if rows.shape[0]:
+            self._index.map_keys_to_values(self.user_key[rows], np.full(rows.shape[0], -1, np.int64))
+            self._dead_keys += int(rows.shape[0])
+            self.user_id[rows] = ""
+            self._retired = np.union1d(self._retired, rows)
+        return int(rows.shape[0])
+
+    def release_retired(self) -> npt.NDArray[np.int64]:
+        """Clear the retired rows and free them for reuse; returns them (the caller clears what it keeps per row)."""
+        rows, self._retired = self._retired, np.zeros(0, np.int64)
+        if rows.shape[0]:
+            self.user_id[rows] = "x"  # (evict_rows clears rows that hold a user)
+            self.evict_rows(rows, unmap=False)
+        return rows
+
+    def evict_rows(self, rows: npt.NDArray[np.int64], *, unmap: bool = True) -> int:
+        """Clear ``rows`` (users in use) and free them for reuse; returns how many were cleared.
+
+        The same as erasure (:meth:`erase`): nothing of the user stays, and a later event of
+        the id starts a new user. The index is rebuilt once the keys it still holds unmapped
+        exceed the users held (a hash table cannot delete), so it too stays bounded.
+        """
+        rows = np.unique(rows)
+        rows = rows[self.user_id[rows] != ""]
         if rows.shape[0] == 0:
             return 0
-        self._index.map_keys_to_values(self.user_key[rows], np.full(rows.shape[0], -1, np.int64))
+        if unmap:
+            self._index.map_keys_to_values(self.user_key[rows], np.full(rows.shape[0], -1, np.int64))
+            self._dead_keys += int(rows.shape[0])
         for name, a in self._columns().items():
             if name.startswith("ts_") or name == "scored_ms":
                 a[rows] = NEVER
@@ -360,6 +425,9 @@ class ShardState:
                 a[rows] = -1
             else:
                 a[rows] = 0
+        self._free = np.union1d(self._free, rows)
+        if self._dead_keys > max(65_536, self.users):
+            self._rebuild_index()
         return int(rows.shape[0])
 
     def nbytes(self) -> int:

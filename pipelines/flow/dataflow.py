@@ -34,7 +34,7 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 
 from pipelines.contract.decode import Decoded, DecodeLimits, decode_batch
-from pipelines.contract.events import RawBatch, Rejection
+from pipelines.contract.events import RawBatch, Rejection, bound_dead_letters
 from pipelines.contract.time import NEVER, Clock
 from pipelines.core.evaluated import concat_rows
 from pipelines.core.labels import DecideActions, label_rows
@@ -63,6 +63,8 @@ class FlowConfig:
     #: several processes: sub-batches cross process boundaries, so each must carry only
     #: its own raw payloads (not a reference to the whole batch) when pickled
     exchange: bool = False
+    #: a dead letter keeps at most this many bytes of its payload (0 = all of it)
+    max_dead_letter_bytes: int = 4096
 
 
 #: Score staleness is measured over every live user (O(users)): at most this often (wall seconds).
@@ -188,7 +190,9 @@ class ShardLogic(StatefulLogic[tuple[str, Slice], ShardOutput, dict[str, Any]]):
         st = self.proc.state
         if self.proc.closed_ms != NEVER:
             m.watermark.labels(shard=self.key).set(self.proc.closed_ms / 1000)
-        m.users_in_state.labels(shard=self.key).set(st.n)
+        m.users_in_state.labels(shard=self.key).set(st.users)
+        m.users_evicted.inc(res.evicted)
+        m.state_bytes.labels(shard=self.key).set(st.nbytes())
         m.events_held.labels(shard=self.key).set(self.proc.held_events())
         now = self.clock()
         if now - self._staleness_at >= STALENESS_EVERY_S and self.proc.closed_ms != NEVER:
@@ -318,7 +322,11 @@ def build_flow(
 
     decode_rejects = op.filter_map("decode_rejects", decoded, lambda d: d.rejects or None)
     state_rejects = op.filter_map("state_rejects", results, lambda r: r.rejects or None)
-    all_rejects = op.merge("rejects", decode_rejects, state_rejects)
+    all_rejects = op.map(
+        "bound_rejects",
+        op.merge("rejects", decode_rejects, state_rejects),
+        lambda rs: bound_dead_letters(rs, cfg.max_dead_letter_bytes),
+    )
     reject_rows = op.map("reject_rows", all_rejects, lambda rs: reject_records(rs, int(clock() * 1000)))
 
     score_rows = op.flat_map("score_rows", results, lambda r: r.records)

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from pipelines.contract.decode import DecodeLimits
 from pipelines.contract.events import RawBatch
 from pipelines.contract.time import Clock
+from pipelines.core.retention import MemoryBounds
 from pipelines.core.shard import ShardConfig
 from pipelines.flow.dataflow import FlowConfig, build_flow
 from pipelines.flow.recovery import check_trusted, ensure_private, recovery_parts
@@ -89,6 +90,10 @@ def shard_config(s: Settings, streams: Sequence[str] = ()) -> ShardConfig:
         max_held_events=s.max_held_events,
         dedup_window_ms=s.dedup_window_seconds * 1000,
         dedup_max_keys=s.dedup_max_keys,
+        memory=MemoryBounds(
+            max_new_users_per_second=s.max_new_users_per_second,
+            churned_retention_ms=int(s.churned_retention_seconds * 1000),
+        ),
     )
 
 
@@ -101,6 +106,7 @@ def flow_config(s: Settings, streams: Sequence[str] = ()) -> FlowConfig:
         clock_skew_ms=s.clock_skew_seconds * 1000,
         provisional_window_seconds=s.provisional_window_seconds,
         exchange=s.addresses is not None and len(s.addresses.split(",")) > 1,
+        max_dead_letter_bytes=s.max_dead_letter_bytes,
     )
 
 
@@ -124,6 +130,7 @@ def make_source(
         kafka = KafkaBatchSource.from_url(
             s.input,
             batch_events=s.batch_events,
+            max_batch_bytes=s.max_batch_bytes,
             start=s.kafka_start,
             eof_exit=s.kafka_eof_exit,
             group_id=s.kafka_group,
@@ -137,7 +144,7 @@ def make_source(
     max_line = max(s.max_event_bytes + 1, 4096)
     source = FileSource(
         paths, batch_events=s.batch_events, clock=clock, max_line_bytes=max_line, on_read=on_read,
-        table_reader=_table_batches,
+        table_reader=_table_batches, max_batch_bytes=s.max_batch_bytes,
     )  # fmt: skip
     return source, "file", None
 

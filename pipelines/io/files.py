@@ -78,6 +78,10 @@ def _open(path: Path) -> io.BufferedIOBase:
 #: a multi-gigabyte line without a newline cannot exhaust memory.
 MAX_LINE_BYTES = 1 << 20
 _SKIP_CHUNK = 1 << 20
+#: A batch ends once its lines hold this many bytes (or at ``batch_events`` lines, whichever comes
+#: first): a batch of long lines is bounded in bytes, not only in lines. With the line bound, one batch
+#: holds at most ``max_batch_bytes + max_line_bytes`` bytes of payload.
+MAX_BATCH_BYTES = 32 << 20
 
 
 class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
@@ -91,8 +95,10 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         clock: Clock,
         max_line_bytes: int = MAX_LINE_BYTES,
         on_read: OnRead | None = None,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         self._max_line = max_line_bytes
+        self._max_bytes = max_batch_bytes
         self._on_read = on_read
         self._path = path
         self._name = str(path)
@@ -114,7 +120,8 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         numbers: list[int] = []
         pos, line_no = self._pos, self._line
         readline = self._buf.readline
-        while len(lines) < self._batch:
+        size = 0
+        while len(lines) < self._batch and size < self._max_bytes:
             raw = readline(self._max_line)
             if not raw:
                 self._done = True
@@ -129,6 +136,7 @@ class _FilePartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
             if stripped.strip():  # blank lines are not events
                 lines.append(stripped)
                 numbers.append(line_no)
+                size += len(stripped)
         if self._on_read is not None:
             self._on_read(pos - self._pos, False)
         self._pos, self._line = pos, line_no
@@ -204,6 +212,7 @@ class _FilesPartition(StatefulSourcePartition[RawBatch, FilesState]):
         max_line_bytes: int,
         on_read: OnRead | None = None,
         table_reader: TableReader | None = None,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         self._on_read = on_read
         self._table_reader = table_reader
@@ -211,6 +220,7 @@ class _FilesPartition(StatefulSourcePartition[RawBatch, FilesState]):
         self._batch = batch_events
         self._clock = clock
         self._max_line = max_line_bytes
+        self._max_bytes = max_batch_bytes
         self._state: FilesState = dict(resume or {})
         self._i = 0
         self._part: _FilePartition | _TablePartition | None = None
@@ -225,8 +235,9 @@ class _FilesPartition(StatefulSourcePartition[RawBatch, FilesState]):
                 key = str(path.resolve())
                 if is_ndjson(path) or self._table_reader is None:
                     self._part = _FilePartition(
-                        path, self._batch, self._state.get(key), self._clock, self._max_line, self._on_read
-                    )
+                        path, self._batch, self._state.get(key), self._clock, self._max_line, self._on_read,
+                        self._max_bytes,
+                    )  # fmt: skip
                 else:
                     self._part = _TablePartition(
                         path, self._batch, self._state.get(key), self._table_reader, self._on_read
@@ -268,7 +279,10 @@ class FileSource(FixedPartitionedSource[RawBatch, FilesState]):
         max_line_bytes: int = MAX_LINE_BYTES,
         on_read: OnRead | None = None,
         table_reader: TableReader | None = None,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
+        if max_batch_bytes < 1:
+            raise ValueError(f"max_batch_bytes must be >= 1, got {max_batch_bytes}")
         dirs = [str(p) for p in paths if p.is_dir()]
         if dirs:
             raise IsADirectoryError(f"input is a directory, not a file: {', '.join(dirs)} (give its files)")
@@ -284,6 +298,7 @@ class FileSource(FixedPartitionedSource[RawBatch, FilesState]):
         self._batch = batch_events
         self._clock = clock
         self._max_line = max_line_bytes
+        self._max_bytes = max_batch_bytes
 
     def list_parts(self) -> list[str]:
         return [FILES_STREAM]
@@ -295,7 +310,7 @@ class FileSource(FixedPartitionedSource[RawBatch, FilesState]):
     def build_part(self, step_id: str, for_part: str, resume_state: FilesState | None) -> _FilesPartition:
         return _FilesPartition(
             list(self._paths.values()), self._batch, resume_state, self._clock, self._max_line, self._on_read,
-            self._table_reader,
+            self._table_reader, self._max_bytes,
         )  # fmt: skip
 
 
@@ -349,10 +364,15 @@ class IteratorSource(FixedPartitionedSource[RawBatch, int]):
 
 
 def read_batches(
-    path: Path, *, batch_events: int = 100_000, clock: Clock = time.time, max_line_bytes: int = MAX_LINE_BYTES
+    path: Path,
+    *,
+    batch_events: int = 100_000,
+    clock: Clock = time.time,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    max_batch_bytes: int = MAX_BATCH_BYTES,
 ) -> Iterator[RawBatch]:
     """The same batches a :class:`FileSource` would emit, outside Bytewax (offline jobs)."""
-    part = _FilePartition(path, batch_events, None, clock, max_line_bytes)
+    part = _FilePartition(path, batch_events, None, clock, max_line_bytes, max_batch_bytes=max_batch_bytes)
     try:
         while True:
             try:

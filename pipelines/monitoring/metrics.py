@@ -97,6 +97,15 @@ class PipelineMetrics:
             registry=r,
         )
         self.users_in_state = Gauge("lifecycle_users_in_state", "Users held in shard state", ["shard"], registry=r)
+        self.users_evicted = Counter(
+            "lifecycle_users_evicted",
+            "Users evicted from shard state: churned and silent for longer than LIFECYCLE_CHURNED_RETENTION_SECONDS",
+            registry=r,
+        )
+        self.state_bytes = Gauge(
+            "lifecycle_state_bytes", "Bytes of the shard's per-user arrays (allocated rows, not the index)", ["shard"],
+            registry=r,
+        )  # fmt: skip
         self.timer_rows = Counter(
             "lifecycle_silence_timer_rows", "Users re-evaluated by rule timers (days_since_* thresholds)", registry=r
         )

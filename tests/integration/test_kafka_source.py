@@ -368,3 +368,37 @@ def test_pipeline_restarted_from_recovery_reads_only_new_records(kafka_broker, t
         assert store.query("SELECT count() AS n FROM user_scores FINAL").column("n")[0].as_py() == n_users
     finally:
         store.close()
+
+
+def test_batches_of_large_records_are_bounded_in_bytes_and_cut_the_same_after_a_resume(kafka_broker) -> None:
+    # 300 records of 8 KiB: with only the count bound (batch_events=1000) one batch would hold all 2.4 MB
+    topic = kafka_broker.create_topic(partitions=1)
+    lines = [json.dumps({"i": i, "pad": "x" * 8192}).encode() for i in range(300)]
+    produce_lines(kafka_broker.bootstrap, topic, lines)
+    limit = 64 << 10
+    source = KafkaBatchSource(kafka_broker.bootstrap, topic, batch_events=1000, max_batch_bytes=limit, eof_exit=True)
+    (name,) = source.list_parts()
+    with closing(source.build_part(STEP, name, None)) as part:
+        whole = _drain(part)
+    assert [v for _, v in _records(whole)] == lines
+    sizes = [sum(map(len, b.payloads)) for b in whole]
+    assert max(sizes) < limit + 8300  # the bound, plus the record that reached it
+    assert len(whole) >= len(lines) * 8200 // (limit + 8300)
+    # a resume at any batch end cuts the rest exactly as the uninterrupted run did
+    cut = whole[len(whole) // 2]
+    with closing(source.build_part(STEP, name, int(cut.offsets[-1]) + 1)) as resumed:
+        rest = _drain(resumed)
+    later = whole[len(whole) // 2 + 1 :]
+    assert [list(b.offsets) for b in rest] == [list(b.offsets) for b in later]
+
+
+def test_the_consumer_byte_bounds_are_valid_librdkafka_options_for_any_batch_size() -> None:
+    from confluent_kafka import Consumer
+
+    from pipelines.io.kafka.source import byte_bounds
+
+    for size in (1024, 32 << 20, 512 << 20):
+        opts = byte_bounds(size)
+        assert opts["fetch.max.bytes"] == max(size, 1_000_000) >= opts["max.partition.fetch.bytes"]
+        assert opts["queued.max.messages.kbytes"] * 1024 <= size
+        Consumer({"bootstrap.servers": "127.0.0.1:9", "group.id": "bounds", **opts}).close()  # accepted

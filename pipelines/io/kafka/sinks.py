@@ -9,7 +9,8 @@ Message formats (``docs/kafka.md``):
   and ``lifecycle.source.offset`` (decimal ASCII; partition -1 and the 1-based line number for
   files), ``lifecycle.pipeline.version``; all UTF-8. A payload larger than the producer's
   ``message.max.bytes`` is cut to fit and carries ``lifecycle.payload.truncated`` = its original
-  length (the ``rejected_events`` table keeps it whole).
+  length. Both outputs keep at most ``LIFECYCLE_MAX_DEAD_LETTER_BYTES`` of a payload (default
+  4 KiB; ``detail`` then gives the full size).
 * transition: one JSON object per ``stage_transitions`` row, key = ``user_id`` (UTF-8), so one
   user's transitions are in one partition, in order: ``user_id``, ``from_stage`` (``none`` for a
   user's first stage), ``to_stage``, ``at`` (ISO-8601 UTC, ms), ``churn_risk``,

@@ -37,7 +37,12 @@ Delivery and resume semantics (exactly what the code does):
 * Within a run, every record with a value is handed on once, in offset order,
   in batches of at most ``batch_events``. Batches are *aligned*: one batch never
   spans a multiple of ``batch_events`` in offset space, and a batch ends early
-  only when the partition is caught up. Records read but not yet handed on (an
+  only when the partition is caught up, or when its payloads reach ``max_batch_bytes``
+  (the batch ends with the record that reaches it, and the next one starts after it: a
+  function of the records' sizes alone). The client's own buffers are bounded by bytes as
+  well (:func:`byte_bounds`: ``fetch.max.bytes``, ``max.partition.fetch.bytes``,
+  ``queued.max.messages.kbytes``), so a partition of large records holds a few
+  ``max_batch_bytes`` in memory, not ``batch_events`` times the largest record. Records read but not yet handed on (an
   open range) are not in the snapshot. So a batch's content depends on the topic,
   not on fetch timing, and a run resumed after a crash cuts exactly the batches of
   an uninterrupted one (the flow's event-time clock advances per batch: equal
@@ -122,6 +127,28 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     # ~3x the throughput of the 500 ms default there and harmless on Kafka.
     "fetch.wait.max.ms": 100,
 }
+#: Payload bytes after which a batch ends early (see the module docstring).
+MAX_BATCH_BYTES = 32 << 20
+
+
+def byte_bounds(max_batch_bytes: int, message_max_bytes: int = 1_000_000) -> dict[str, Any]:
+    """The librdkafka options that bound what one partition's consumer buffers to about ``max_batch_bytes``.
+
+    ``fetch.max.bytes`` (librdkafka default 50 MiB) caps one fetch response, ``max.partition.fetch.bytes``
+    (1 MiB) what one fetch takes from the partition, ``queued.max.messages.kbytes`` (64 MiB) the records
+    prefetched into the client's queue. A single record larger than these is still fetched (the
+    broker returns it whole so that the consumer progresses): the broker's ``max.message.bytes``
+    bounds records; the decoder rejects any above ``max_event_bytes`` as oversized. Options given in
+    the source's ``config`` override these. librdkafka refuses a ``fetch.max.bytes`` below the client's
+    ``message.max.bytes`` (``message_max_bytes``, default 1,000,000), so it is never set lower.
+    """
+    return {
+        "fetch.max.bytes": max(message_max_bytes, max_batch_bytes),
+        "max.partition.fetch.bytes": max(1024, min(1 << 20, max_batch_bytes)),
+        "queued.max.messages.kbytes": max(1, max_batch_bytes // 1024),
+    }
+
+
 #: Set by the source and not overridable: they are what the semantics above rely on.
 _CONSUMER_FIXED: dict[str, Any] = {
     "enable.auto.commit": False,
@@ -146,6 +173,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         batch_events: int,
         eof_exit: bool,
         clock: Clock,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
         metadata_timeout_s: float = 10.0,
         start_timestamp_ms: int | None = None,
         lag: Gauge | None = None,
@@ -154,6 +182,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         self._topic = topic
         self._partition = partition
         self._batch = batch_events
+        self._max_bytes = max_batch_bytes
         self._eof_exit = eof_exit
         self._clock = clock
         self._at_end = False
@@ -178,6 +207,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         #: records read but not yet handed on (the open aligned range; see ``_cut``)
         self._held_offsets: list[int] = []
         self._held_payloads: list[bytes] = []
+        self._held_bytes = 0  # payload bytes held
         self._held_from = start  # the snapshot while records are held
         self._stop = stop if stop is not None else threading.Event()
         self._stopping = False
@@ -261,6 +291,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
             self._held_from = before  # nothing of this run handed on yet: a snapshot resumes here
         self._held_offsets += offsets
         self._held_payloads += cast(list[bytes], payloads)  # no None left
+        self._held_bytes += sum(map(len, cast(list[bytes], payloads)))
 
     def _cut(self) -> list[RawBatch]:
         """Hand on the held records of every completed aligned range, and all of them at the end.
@@ -276,15 +307,25 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, int]):
         while offs:
             end = self._boundary(offs[0])
             n = bisect.bisect_left(offs, end)
-            if n == len(offs) and self._next < end:
+            full = self._bytes_cut(pays, n) if self._held_bytes >= self._max_bytes else None
+            if full is not None:
+                n = full  # the batch is full in bytes: it ends with the record that filled it
+            elif n == len(offs) and self._next < end:
                 if not self._at_end:
                     break  # range still open: hold until more records or the end of the partition
                 n = len(offs)  # caught up: hand on the partial range (a live stream must not wait)
             out.append(self._raw_batch(offs[:n], pays[:n]))
             self._held_from = offs[n - 1] + 1
             offs, pays = offs[n:], pays[n:]
+            self._held_bytes = sum(map(len, pays))
         self._held_offsets, self._held_payloads = offs, pays
         return out
+
+    def _bytes_cut(self, pays: list[bytes], n: int) -> int | None:
+        """How many of the first ``n`` held records fill a batch in bytes (None: they do not fill one)."""
+        total = np.cumsum(np.fromiter(map(len, pays[:n]), np.int64, n))
+        i = int(np.searchsorted(total, self._max_bytes))  # the first record at which the bytes reach the bound
+        return i + 1 if i < n else None
 
     def _raw_batch(self, offsets: list[int], payloads: list[bytes]) -> RawBatch:
         return RawBatch(
@@ -441,6 +482,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         topic: str,
         *,
         batch_events: int = 20_000,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
         start: str = "earliest",
         eof_exit: bool = False,
         group_id: str = "lifecycle-scoring",
@@ -450,8 +492,8 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         lag_gauge: Gauge | None = None,
         stop: threading.Event | None = None,
     ) -> None:
-        if batch_events < 1:
-            raise ValueError(f"batch_events must be >= 1, got {batch_events}")
+        if batch_events < 1 or max_batch_bytes < 1:
+            raise ValueError(f"batch_events and max_batch_bytes must be >= 1, got {batch_events}, {max_batch_bytes}")
         if lag_gauge is not None:
             names = set(getattr(lag_gauge, "_labelnames", ()))
             if "partition" not in names or not names <= {"topic", "partition"}:
@@ -461,6 +503,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         self.bootstrap = bootstrap
         self.topic = topic
         self._batch = batch_events
+        self._max_bytes = max_batch_bytes
         self.start = parse_kafka_start(start)
         self._lag_gauge = lag_gauge
         self._eof_exit = eof_exit
@@ -517,6 +560,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         partition = int(num)
         config = {
             **CONSUMER_DEFAULTS,
+            **byte_bounds(self._max_bytes, int(self._config.get("message.max.bytes", 1_000_000))),
             "group.id": self._group_id,
             "client.id": f"{self._group_id}-{for_part}",
             **self._client_config(),
@@ -535,6 +579,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
             batch_events=self._batch,
             eof_exit=self._eof_exit,
             clock=self._clock,
+            max_batch_bytes=self._max_bytes,
             metadata_timeout_s=self._metadata_timeout_s,
             start_timestamp_ms=self.start.timestamp_ms if fresh else None,  # a resume state wins over the start
             lag=lag,
