@@ -64,6 +64,9 @@ class DecideActions:
     marketing_ok: npt.NDArray[np.bool_]
     shard: int = 0
     shards: int = 1
+    #: per row, the user's stable key: who gets a capped action when the cap binds (never the state row,
+    #: whose number depends on when rows were reused)
+    user_keys: npt.NDArray[np.int64] | None = None
 
     def __call__(
         self, rows: FeatureRows, scores: Scores, tiers: npt.NDArray[np.int8], at_risk: npt.NDArray[np.bool_]
@@ -96,6 +99,7 @@ class DecideActions:
                     shard=self.shard,
                     shards=self.shards,
                     eligible=eligible,
+                    rank=None if self.user_keys is None else self.user_keys[sl],
                 )
             )
         acts = parts[0]

@@ -266,11 +266,15 @@ def decide(
     shard: int = 0,
     shards: int = 1,
     eligible: npt.NDArray[np.bool_] | None = None,
+    rank: npt.NDArray[np.int64] | None = None,
 ) -> Decisions:
     """Choose actions for the state ``rows`` (unique) scored at ``now_ms``; update the ledger.
 
     Rows not ``eligible`` get no new action (they report their current one). The ledger is
-    the one built for ``pb`` (its rule codes are positions in ``pb.rules``).
+    the one built for ``pb`` (its rule codes are positions in ``pb.rules``). When a daily cap
+    leaves room for fewer users than qualify, those with the lowest ``rank`` (a stable per-user
+    key) get it, so the choice depends on the users, not on their rows' numbers; without
+    ``rank``, row order.
     """
     n = rows.shape[0]
     if n == 0:
@@ -304,7 +308,10 @@ def decide(
         idx = np.flatnonzero(cand)
         share = pb.cap_share(rule.action, shard, shards)
         if share is not None:
-            idx = idx[: max(0, share - int(ledger.used[rule.action]))]
+            room = max(0, share - int(ledger.used[rule.action]))
+            if rank is not None and idx.shape[0] > room:
+                idx = np.sort(idx[np.argsort(rank[idx], kind="stable")[:room]])
+            idx = idx[:room]
             ledger.used[rule.action] += idx.shape[0]
         chosen[idx] = pos
     granted = chosen >= 0

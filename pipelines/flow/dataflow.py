@@ -242,7 +242,14 @@ class ScoreStep:
             rows,
             scores,
             self.taxonomy,
-            DecideActions(self.playbook, proc.ledger, marketing, shard=shard, shards=shards),
+            DecideActions(
+                self.playbook,
+                proc.ledger,
+                marketing,
+                shard=shard,
+                shards=shards,
+                user_keys=proc.state.user_key[rows.rows],
+            ),
             model_version=self.scorer.model_version,
             scored_at_ms=int(self.clock() * 1000),
         )

@@ -242,3 +242,15 @@ def test_a_playbook_is_refused_for_another_taxonomy_and_its_rules_compile_agains
     ctx.extra["stage"] = np.arange(5, dtype=np.int8)  # awareness .. loyalty
     d = decide(pb, led, np.arange(5, dtype=np.int64), ctx, T0)
     assert _names(pb, d.action) == ["intro_content", "engage_invite", "first_order_coupon", "none", "loyalty_points"]
+
+
+def test_when_a_daily_cap_binds_the_users_with_the_lowest_keys_get_it_whatever_their_rows(pb: Playbook) -> None:
+    # the same ten users, held at other state rows (rows are reused after eviction, at times batching decides)
+    keys = np.array([90, 10, 70, 30, 50, 20, 80, 40, 60, 100], np.int64)
+    picked = []
+    for rows in (np.arange(10, dtype=np.int64), np.array([7, 2, 9, 0, 5, 1, 8, 3, 6, 4], np.int64)):
+        led = _ledger(pb)
+        order = np.argsort(rows)  # decide takes rows sorted, as the shard gives them
+        d = decide(pb, led, rows[order], _ctx(10), T0, rank=keys[order])
+        picked.append(sorted(keys[order][d.granted].tolist()))
+    assert picked[0] == picked[1] == [10, 20, 30, 40, 50]  # cap 5: the five lowest keys
