@@ -93,6 +93,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     consent.add_argument("--source", default="cli", help="where the decision came from (default: cli)")
     consent.add_argument("--store", default=None, help=store_help)
+    consent.add_argument(
+        "--cluster",
+        default=None,
+        metavar="NAME",
+        help="cluster schema (sql/cluster): an opt-out clears actions in user_scores_local ON CLUSTER NAME",
+    )
     consent.set_defaults(func=cmd_consent)
 
 
@@ -153,7 +159,15 @@ def _run(args: argparse.Namespace, action: str) -> int:
                 what = "no-marketing"
             else:
                 salt = settings.erasure_salt.get_secret_value().encode()
-                n = set_consent(store, args.user, bool(args.opted_out), args.source, salt=salt)
+                n = set_consent(
+                    store,
+                    args.user,
+                    bool(args.opted_out),
+                    args.source,
+                    salt=salt,
+                    table_suffix="_local" if args.cluster else "",
+                    on_cluster=args.cluster,
+                )
                 what = "opt-out" if args.opted_out else "opt-in"
             print(f"recorded {what} for {n} user(s)")
     except (ValueError, StoreError) as err:

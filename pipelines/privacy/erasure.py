@@ -145,9 +145,15 @@ def set_consent(
     *,
     marketing: bool | None = None,
     salt: bytes = b"",
+    table_suffix: str = "",
+    on_cluster: str | None = None,
     now: Callable[[], float] = time.time,
 ) -> int:
     """Record that ``user_ids`` opted out (``True``) or back in (``False``); return the rows written.
+
+    An opt-out also takes the user's current action off their ``user_scores`` row (synchronously),
+    so nothing downstream that reads the row acts on them; the pipeline scores them no more. For the
+    cluster schema pass ``table_suffix="_local"`` and ``on_cluster``, as for :func:`forget_user`.
 
     ``marketing``: whether the user accepts marketing actions (playbooks read it
     as ``marketing_consent``); by default the opposite of ``opted_out``. A user
@@ -174,6 +180,15 @@ def set_consent(
             }
         ),
     )
+    if opted_out:
+        if on_cluster is not None and not _CLUSTER_NAME.fullmatch(on_cluster):
+            raise ValueError(f"cluster name {on_cluster!r}: letters, digits, _ . - only (it is part of the SQL)")
+        cluster = f" ON CLUSTER '{on_cluster}'" if on_cluster else ""
+        store.command(
+            f"ALTER TABLE user_scores{table_suffix}{cluster} UPDATE action = 'none', action_rule = '', "
+            "action_at = NULL WHERE has({ids:Array(String)}, user_id) AND action != 'none' SETTINGS mutations_sync = 2",
+            params={"ids": ids},
+        )
     if not opted_out and salt:
         _suppress(store, [user_hash(u, salt) for u in ids], False, int(now() * 1000), reason=f"opt-in: {source}")
     return n

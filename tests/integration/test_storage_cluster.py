@@ -126,7 +126,7 @@ def test_cluster_schema_serves_pipeline_queries_and_erasure_through_distributed_
             taxonomy=str(taxonomy_variant(tmp_path / "taxonomy", at_risk_threshold=0.0)),
         )
         run_pipeline(s, registry=CollectorRegistry(), store=store, serve_metrics=False)  # writes via Distributed
-        set_consent(store, OPTED_OUT, True, "test")
+        set_consent(store, OPTED_OUT, True, "test", table_suffix="_local")
 
         rows = store.query("SELECT user_id, stage, tier FROM user_scores FINAL").to_pylist()
         assert {r["user_id"]: (r["stage"], r["tier"]) for r in rows} == EXPECTED

@@ -314,6 +314,16 @@ def test_forget_of_an_unknown_user_changes_nothing_but_is_logged(store: ChdbStor
         forget_user(store, " ", reason="x", salt=SALT)  # would match every dead letter without a user id
 
 
+def test_an_opted_out_users_row_loses_its_action(store: ChdbStore) -> None:
+    q = "SELECT user_id, action, action_at FROM user_scores FINAL WHERE user_id = {u:String}"
+    assert store.query(q, params={"u": "vip_active"}).to_pylist()[0]["action"] != "none"  # the twin acts
+    before = store.query(q, params={"u": "regular_active"}).to_pylist()[0]
+    set_consent(store, ["vip_active", "nobody_at_all"], True, "crm")
+    row = store.query(q, params={"u": "vip_active"}).to_pylist()[0]
+    assert (row["action"], row["action_at"]) == ("none", None)
+    assert store.query(q, params={"u": "regular_active"}).to_pylist()[0] == before  # others keep theirs
+
+
 def test_latest_consent_decides_and_opting_back_in_restores_audiences(store: ChdbStore) -> None:
     assert opted_out_users(store) == frozenset(OPTED_OUT)
     set_consent(store, ["vip_dormant_optout"], False, "crm", now=lambda: 4_000_000_000.0)
