@@ -148,12 +148,11 @@ def live_refresh(users: int, shards: int = 4) -> None:
     step = _step(cfg, scorer)
     procs = [ShardProcessor(cfg, probe=scorer.score_probs) for _ in range(shards)]
     t0 = 1_790_000_000_000
-    rng = np.random.default_rng(3)
     for lo in range(0, users, 250_000):
         ids = np.array([f"u{i:08d}" for i in range(lo, min(users, lo + 250_000))], dtype=object)
         n = ids.shape[0]
         keys = hash_strings(ids)
-        ts = np.sort(t0 + rng.integers(0, DAY_MS, n))
+        ts = t0 + (np.arange(lo, lo + n, dtype=np.int64) * DAY_MS) // users  # day 0, in time order
         ev = EventColumns(
             user_key=keys,
             user_id=ids,
